@@ -1,0 +1,510 @@
+"""Reading and validating an MMRec-format dataset folder.
+
+A dataset folder holds one tab-separated interaction file (``<name>.inter``, header line, columns
+``userID``, ``itemID`` and ``x_label`` with 0/1/2 = train/valid/test; other columns are ignored) and
+one ``.npy`` array per modality whose row ``i`` describes item ``i``.
+
+The result is a :class:`TrainingData`: the training split as a 0/1 CSR matrix ``(n_users, n_items)``
+plus the feature arrays ``(n_items, d_m)``. This module never imports torch or MMRec; the graph
+builders and the cache consume its output.
+
+Every problem raises :class:`~mmrec_rearm.errors.DatasetError` whose message names the file, the
+field and the offending value, and says what to do.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import DatasetError
+
+__all__ = [
+    "DEFAULT_FEATURES",
+    "REQUIRED_COLUMNS",
+    "TrainingData",
+    "read_dataset",
+    "read_interactions",
+    "training_matrix",
+    "training_data_from_arrays",
+    "validate_features",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: modality name -> file name looked for when ``read_dataset`` gets no ``features`` mapping.
+DEFAULT_FEATURES: Mapping[str, str] = {"image": "image_feat.npy", "text": "text_feat.npy"}
+#: columns of the .inter header that must be present (any others are ignored).
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+_SPLIT_NAMES = {0: "train", 1: "valid", 2: "test"}
+# Rows parsed per chunk by the vectorised integer parser; bounds its scratch memory.
+_PARSE_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """The training split of a dataset plus its item features.
+
+    ``eq=False``: instances compare by identity, because a field-wise ``==`` on sparse matrices and
+    arrays is ambiguous. Build one with :func:`read_dataset` or :meth:`from_arrays`.
+    """
+
+    n_users: int  # max userID over ALL splits + 1 (MMRec's convention)
+    n_items: int  # max itemID over ALL splits + 1
+    interactions: sp.csr_matrix  # (n_users, n_items) float32 0/1, x_label == 0 rows, duplicates merged
+    features: dict  # modality name -> (n_items, d_m) float32 C-contiguous; insertion order = modality order
+    source: dict  # "inter" -> path, "<modality>" -> path; empty entries when built from arrays
+
+    def __post_init__(self) -> None:
+        shape = (self.n_users, self.n_items)
+        if tuple(self.interactions.shape) != shape:
+            raise DatasetError(
+                f"TrainingData: interactions have shape {tuple(self.interactions.shape)} but "
+                f"(n_users, n_items) is {shape}; build the matrix with training_matrix()."
+            )
+        for name, arr in self.features.items():
+            if getattr(arr, "ndim", None) != 2 or arr.shape[0] != self.n_items:
+                raise DatasetError(
+                    f"TrainingData: feature '{name}' has shape {getattr(arr, 'shape', None)} but "
+                    f"must be (n_items={self.n_items}, d); use validate_features()."
+                )
+
+    @property
+    def modalities(self) -> tuple:
+        """Modality names in order, e.g. ``("image", "text")``."""
+        return tuple(self.features)
+
+    @property
+    def n_train(self) -> int:
+        """Number of distinct training (user, item) pairs."""
+        return int(self.interactions.nnz)
+
+    def summary(self) -> dict:
+        """Counts for logs: users, items, training pairs, density and feature widths."""
+        return {
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_train": self.n_train,
+            "density": self.n_train / max(1, self.n_users * self.n_items),
+            "features": {name: int(arr.shape[1]) for name, arr in self.features.items()},
+        }
+
+    @classmethod
+    def from_arrays(
+        cls,
+        users,
+        items,
+        n_users: int,
+        n_items: int,
+        features: Mapping[str, Optional[np.ndarray]],
+        source: Optional[Mapping[str, str]] = None,
+    ) -> "TrainingData":
+        """See :func:`training_data_from_arrays`."""
+        return training_data_from_arrays(users, items, n_users, n_items, features, source)
+
+
+# --------------------------------------------------------------------------------------------
+# Training matrix
+
+
+def training_matrix(users, items, n_users: int, n_items: int) -> sp.csr_matrix:
+    """The 0/1 user-item matrix ``(n_users, n_items)`` float32 from id arrays ``(n,)``.
+
+    Repeated (user, item) pairs count once. The result is canonical CSR (sorted indices, no
+    duplicates), so its bytes are a deterministic function of the set of pairs.
+    """
+    u = np.asarray(users, dtype=np.int64).ravel()
+    i = np.asarray(items, dtype=np.int64).ravel()
+    if u.shape != i.shape:
+        raise DatasetError(
+            f"training_matrix: users has {u.size} entries but items has {i.size}; pass one user "
+            "id and one item id per interaction."
+        )
+    n_users, n_items = int(n_users), int(n_items)
+    for field, ids, bound in (("users", u, n_users), ("items", i, n_items)):
+        if ids.size and (ids.min() < 0 or ids.max() >= bound):
+            bad = ids[(ids < 0) | (ids >= bound)][0]
+            raise DatasetError(
+                f"training_matrix: {field} contains id {int(bad)} outside [0, {bound}); ids must "
+                "be 0-based and below the count passed in."
+            )
+    # One int64 key per pair: np.unique sorts by (user, item) and merges duplicates at once.
+    keys = np.unique(u * n_items + i)
+    rows = keys // max(n_items, 1)
+    cols = keys - rows * n_items
+    index_dtype = np.int32 if max(n_users, n_items, keys.size) < np.iinfo(np.int32).max else np.int64
+    indptr = np.zeros(n_users + 1, dtype=index_dtype)
+    np.cumsum(np.bincount(rows, minlength=n_users), out=indptr[1:])
+    data = np.ones(keys.size, dtype=np.float32)
+    mat = sp.csr_matrix((data, cols.astype(index_dtype), indptr), shape=(n_users, n_items))
+    mat.has_sorted_indices = True
+    return mat
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+
+
+def validate_features(
+    name: str, array, n_items: int, origin: str = ""
+) -> np.ndarray:
+    """Check one modality's array and return it as float32 C-contiguous ``(n_items, d)``.
+
+    ``origin`` (a file path or a description) goes into error messages.
+    """
+    where = origin or f"feature array '{name}'"
+    arr = np.asarray(array)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise DatasetError(
+            f"{where}: modality '{name}' has dtype {arr.dtype}, not a numeric array; save the "
+            "features with np.save(path, features.astype(np.float32))."
+        )
+    if arr.ndim != 2:
+        raise DatasetError(
+            f"{where}: modality '{name}' has {arr.ndim} dimension(s) (shape {arr.shape}) but must "
+            f"be 2-D (n_items, d) with n_items = {n_items}; reshape before saving."
+        )
+    if arr.shape[0] != n_items:
+        raise DatasetError(
+            f"{where}: modality '{name}' has {arr.shape[0]} rows but the dataset has {n_items} "
+            "items (max itemID over all splits + 1); row i must hold the features of item i."
+        )
+    if arr.shape[1] == 0:
+        raise DatasetError(
+            f"{where}: modality '{name}' has 0 columns (shape {arr.shape}); give at least one "
+            "feature per item or leave the modality out."
+        )
+    if arr.dtype.kind == "f":
+        _reject_non_finite(name, arr, where, after_cast=False)
+    with np.errstate(over="ignore"):  # overflow is reported below with the offending row
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        # float64 values beyond float32's range become inf only now.
+        _reject_non_finite(name, out, where, after_cast=True, original=arr)
+    return out
+
+
+def _reject_non_finite(name: str, arr: np.ndarray, where: str, after_cast: bool,
+                       original: Optional[np.ndarray] = None) -> None:
+    # Fast screen: NaN/inf propagate into row sums (float64 sums of float32 cannot overflow);
+    # only a non-finite sum needs the exact, element-wise look.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(arr.sum(axis=1, dtype=np.float64)).all():
+            return
+    finite_rows = np.isfinite(arr).all(axis=1)
+    if finite_rows.all():
+        return
+    row = int(np.argmin(finite_rows))
+    col = int(np.argmin(np.isfinite(arr[row])))
+    value = float((arr if original is None else original)[row, col])
+    reason = "overflows float32" if after_cast else "is not finite"
+    raise DatasetError(
+        f"{where}: modality '{name}' value {value!r} at row {row} (item {row}), column {col} "
+        f"{reason}; {int((~finite_rows).sum())} row(s) are affected. Replace NaN/inf (for "
+        "example with the mean feature) before training."
+    )
+
+
+def _load_feature_file(name: str, path: Path, n_items: int) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        # numpy refuses object arrays when pickles are disallowed; also malformed headers.
+        raise DatasetError(
+            f"{path}: modality '{name}' could not be loaded without pickle ({exc}); the file "
+            "must be a plain numeric .npy array, e.g. np.save(path, feats.astype(np.float32))."
+        ) from exc
+    except OSError as exc:
+        raise DatasetError(
+            f"{path}: modality '{name}' is not a readable .npy file ({exc}); re-save it with np.save."
+        ) from exc
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise DatasetError(
+            f"{path}: modality '{name}' is an .npz archive, not a single array; save one "
+            "(n_items, d) array per modality with np.save."
+        )
+    return validate_features(name, arr, n_items, origin=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# The .inter file
+
+
+@dataclass(frozen=True)
+class _Interactions:
+    users: np.ndarray  # (n_rows,) int64
+    items: np.ndarray  # (n_rows,) int64
+    labels: np.ndarray  # (n_rows,) int64 in {0, 1, 2}
+
+
+def read_interactions(path: PathLike) -> _Interactions:
+    """Parse and validate the ``userID``, ``itemID``, ``x_label`` columns of an .inter file.
+
+    Returns id arrays ``(n_rows,)`` int64 for every row of every split.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: interaction file not found; give inter_file= or name it "
+            f"'<folder name>.inter' inside the dataset folder."
+        )
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    head_end = raw.find(b"\n")
+    header_bytes = raw if head_end < 0 else raw[:head_end]
+    body = b"" if head_end < 0 else raw[head_end + 1 :]
+    try:
+        header = [h.strip() for h in header_bytes.decode("utf-8").split("\t")]
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: header line is not UTF-8 text ({exc}); save the file as UTF-8.") from exc
+    columns = {}
+    for col in REQUIRED_COLUMNS:
+        if col not in header:
+            raise DatasetError(
+                f"{path}: column '{col}' missing from the header {header!r}; the header must be "
+                f"tab-separated and contain {', '.join(REQUIRED_COLUMNS)}."
+            )
+        columns[col] = header.index(col)
+
+    starts, ends, line_no = _field_bounds(path, body, len(header))
+    users = _parse_int_column(path, body, starts, ends, line_no, columns["userID"], "userID")
+    items = _parse_int_column(path, body, starts, ends, line_no, columns["itemID"], "itemID")
+    labels = _parse_int_column(path, body, starts, ends, line_no, columns["x_label"], "x_label")
+    for field, ids in (("userID", users), ("itemID", items)):
+        if ids.size and ids.min() < 0:
+            row = int(np.argmax(ids < 0))
+            raise DatasetError(
+                f"{path}: line {line_no[row]}, column '{field}' has negative id {int(ids[row])}; "
+                "ids must be 0-based non-negative integers (re-index the dataset)."
+            )
+    bad = (labels < 0) | (labels > 2)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DatasetError(
+            f"{path}: line {line_no[row]}, column 'x_label' has value {int(labels[row])}; "
+            "x_label must be 0 (train), 1 (valid) or 2 (test)."
+        )
+    return _Interactions(users=users, items=items, labels=labels)
+
+
+def _field_bounds(path: Path, body: bytes, n_cols: int):
+    """Start/end byte offsets ``(n_rows, n_cols)`` of every field, and 1-based file line numbers.
+
+    Blank lines are skipped (as pandas does); a line with a different number of fields than the
+    header is an error naming the line.
+    """
+    if body and not body.endswith(b"\n"):
+        body = body + b"\n"
+    buf = np.frombuffer(body, dtype=np.uint8)
+    line_ends = np.flatnonzero(buf == 10)
+    line_starts = np.empty_like(line_ends)
+    if line_ends.size:
+        line_starts[0] = 0
+        line_starts[1:] = line_ends[:-1] + 1
+    keep = line_ends > line_starts
+    is_tab = buf == 9
+    tab_count = np.concatenate(([0], np.cumsum(is_tab, dtype=np.int64)))
+    tabs_per_line = tab_count[line_ends] - tab_count[line_starts]
+    wrong = keep & (tabs_per_line != n_cols - 1)
+    if wrong.any():
+        k = int(np.argmax(wrong))
+        text = body[line_starts[k] : line_ends[k]].decode("utf-8", "replace")
+        raise DatasetError(
+            f"{path}: line {k + 2} has {int(tabs_per_line[k]) + 1} tab-separated fields but the "
+            f"header has {n_cols}: {text[:80]!r}; fix the line or the header (fields are separated by "
+            "one tab)."
+        )
+    line_no = (np.flatnonzero(keep) + 2).astype(np.int64)  # +1 for 1-based, +1 for the header
+    n_rows = int(keep.sum())
+    # Every kept line has exactly n_cols - 1 tabs and blank lines have none, so all separators
+    # sorted together fall into n_cols per row.
+    seps = np.sort(np.concatenate((np.flatnonzero(is_tab), line_ends[keep]))).reshape(n_rows, n_cols)
+    starts = np.empty_like(seps)
+    starts[:, 0] = line_starts[keep]
+    starts[:, 1:] = seps[:, :-1] + 1
+    return starts, seps, line_no
+
+
+def _parse_int_column(path: Path, body: bytes, starts, ends, line_no, col: int, field: str) -> np.ndarray:
+    s = starts[:, col]
+    e = ends[:, col]
+    out = np.empty(s.shape[0], dtype=np.int64)
+    buf = np.frombuffer(body, dtype=np.uint8)
+    pow10 = 10 ** np.arange(18, dtype=np.int64)
+    for lo in range(0, s.shape[0], _PARSE_CHUNK):
+        cs, ce = s[lo : lo + _PARSE_CHUNK], e[lo : lo + _PARSE_CHUNK]
+        values = _parse_digits(buf, cs, ce, pow10)
+        if values is None:  # something other than plain digits: parse exactly, with messages
+            values = _parse_slow(path, body, cs, ce, line_no[lo : lo + _PARSE_CHUNK], field)
+        out[lo : lo + cs.shape[0]] = values
+    return out
+
+
+def _parse_digits(buf: np.ndarray, s: np.ndarray, e: np.ndarray, pow10: np.ndarray):
+    """Vectorised parse of fields made only of 1..18 ASCII digits; None if any field is not."""
+    if s.size == 0:
+        return np.empty(0, dtype=np.int64)
+    length = e - s
+    if length.min() < 1 or length.max() > 18:
+        return None
+    width = int(length.max())
+    pos = np.arange(width)
+    inside = pos[None, :] < length[:, None]
+    idx = np.where(inside, s[:, None] + pos[None, :], 0)
+    digits = buf[idx].astype(np.int64) - 48
+    if not ((digits >= 0) & (digits <= 9) | ~inside).all():
+        return None
+    place = np.where(inside, length[:, None] - 1 - pos[None, :], 0)
+    return (np.where(inside, digits, 0) * pow10[place]).sum(axis=1)
+
+
+def _parse_slow(path: Path, body: bytes, s, e, line_no, field: str) -> np.ndarray:
+    values = np.empty(s.shape[0], dtype=np.int64)
+    for k, (a, b) in enumerate(zip(s.tolist(), e.tolist())):
+        text = body[a:b]
+        try:
+            values[k] = int(text)
+        except (ValueError, OverflowError):
+            shown = text.decode("utf-8", "replace")
+            raise DatasetError(
+                f"{path}: line {int(line_no[k])}, column '{field}' has value {shown!r}, which is "
+                f"not an integer; {field} must be a whole number (no decimals or text)."
+            ) from None
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def read_dataset(
+    folder: PathLike,
+    inter_file: Optional[PathLike] = None,
+    features: Optional[Mapping[str, PathLike]] = None,
+) -> TrainingData:
+    """Read an MMRec dataset folder into :class:`TrainingData`.
+
+    ``inter_file`` defaults to ``<folder name>.inter``. ``features`` maps modality name to a file
+    (relative to ``folder`` or absolute) and fixes the modality order; an explicitly named file
+    that is missing is an error. Without it, ``image_feat.npy`` then ``text_feat.npy`` are looked
+    for and a missing one is skipped with a warning, as long as one modality remains.
+
+    ``n_users`` / ``n_items`` are the max ids over all splits + 1; ``interactions`` holds only
+    x_label == 0 rows.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(
+            f"{folder}: dataset folder not found (or not a directory); pass the folder that holds "
+            "the .inter file and the *_feat.npy files."
+        )
+    inter_path = folder / (inter_file if inter_file is not None else f"{folder.name}.inter")
+    parsed = read_interactions(inter_path)
+    if parsed.users.size == 0:
+        raise DatasetError(f"{inter_path}: no interaction rows below the header; the file is empty.")
+    n_users = int(parsed.users.max()) + 1
+    n_items = int(parsed.items.max()) + 1
+    train = parsed.labels == 0
+    if not train.any():
+        counts = {name: int((parsed.labels == k).sum()) for k, name in _SPLIT_NAMES.items()}
+        raise DatasetError(
+            f"{inter_path}: column 'x_label' has no row with value 0 (training split empty; rows "
+            f"per split {counts}); mark the training interactions with x_label 0."
+        )
+
+    source = {"inter": os.path.abspath(inter_path)}
+    loaded = {}
+    for name, path in _feature_paths(folder, features).items():
+        loaded[name] = _load_feature_file(name, path, n_items)
+        source[name] = os.path.abspath(path)
+    interactions = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
+    return TrainingData(n_users, n_items, interactions, loaded, source)
+
+
+def _feature_paths(folder: Path, features: Optional[Mapping[str, PathLike]]) -> dict:
+    if features is not None:
+        if not isinstance(features, Mapping):
+            raise DatasetError(
+                f"{folder}: features must be a mapping modality name -> file, got "
+                f"{type(features).__name__}; e.g. {{'image': 'image_feat.npy'}}."
+            )
+        if not features:
+            raise DatasetError(
+                f"{folder}: features mapping is empty; name at least one modality file, e.g. "
+                "{'image': 'image_feat.npy'}."
+            )
+        paths = {}
+        for name, file in features.items():
+            if not isinstance(name, str) or not name:
+                raise DatasetError(f"{folder}: modality name {name!r} must be a non-empty string.")
+            path = folder / file
+            if not path.is_file():
+                raise DatasetError(
+                    f"{path}: feature file for modality '{name}' not found; fix the path in the "
+                    "features mapping or create the file."
+                )
+            paths[name] = path
+        return paths
+    paths = {name: folder / file for name, file in DEFAULT_FEATURES.items()}
+    present = {name: p for name, p in paths.items() if p.is_file()}
+    if not present:
+        looked = ", ".join(str(p) for p in paths.values())
+        raise DatasetError(
+            f"{folder}: no feature file found (looked for {looked}); add at least one modality "
+            "or pass features={'name': 'file.npy'}."
+        )
+    for name, p in paths.items():
+        if name not in present:
+            warnings.warn(
+                f"{p}: modality '{name}' not found, continuing with {list(present)} only.",
+                stacklevel=3,
+            )
+    return present
+
+
+def training_data_from_arrays(
+    users,
+    items,
+    n_users: int,
+    n_items: int,
+    features: Mapping[str, Optional[np.ndarray]],
+    source: Optional[Mapping[str, str]] = None,
+) -> TrainingData:
+    """:class:`TrainingData` from training id arrays ``(n,)`` and feature arrays ``(n_items, d_m)``.
+
+    For hosts (MMRec) that already hold the training pairs and the features in memory. A ``None``
+    feature (MMRec's value for a modality without a file) is dropped; at least one must remain.
+    ``source`` is copied as given (paths for fingerprints and messages), empty when omitted.
+    """
+    if not isinstance(features, Mapping):
+        raise DatasetError(
+            f"features must be a mapping modality name -> array, got {type(features).__name__}; "
+            "e.g. {'image': v_feat, 'text': t_feat}."
+        )
+    src = dict(source or {})
+    kept = {}
+    for name, arr in features.items():
+        if arr is None:
+            continue
+        kept[name] = validate_features(name, arr, int(n_items), origin=src.get(name, ""))
+    if not kept:
+        raise DatasetError(
+            f"no feature array given (modalities {list(features)} are all None); REARM needs at "
+            "least one modality's item features."
+        )
+    interactions = training_matrix(users, items, n_users, n_items)
+    if interactions.nnz == 0:
+        raise DatasetError(
+            f"{src.get('inter', 'training arrays')}: the training split is empty; pass at least "
+            "one (user, item) pair."
+        )
+    return TrainingData(int(n_users), int(n_items), interactions, kept, src)
