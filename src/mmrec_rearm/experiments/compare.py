@@ -1,0 +1,254 @@
+"""``compare``: run models side by side through MMRec, resumably, and write the Table 2 report.
+
+One subprocess per (model, configuration, seed) runs MMRec's own ``quick_start`` (see
+:mod:`.runner`); every finished run is appended to ``<results>/<dataset>/runs.jsonl`` before the
+next starts, so rerunning the same command after an interruption only runs what is missing.
+Configurations are chosen on validation (:mod:`.stats`), results rendered by :mod:`.tables`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from ..errors import ConfigError, DatasetError
+from .datasets import detect_feature_files, write_dataset_yaml
+from .launch import launch
+from .mmrec_config import (check_model, dataset_folder, dataset_yaml_path, merged_config, mmrec_src,
+                           uses_user_graph)
+from .plan import Plan, RunSpec, build_plan, seed_list
+from .stats import ModelSummary, PairedComparison, comparisons, summarise
+from .store import SCHEMA, RunStore
+from .tables import comparisons_csv, report_markdown, table2_csv, table2_markdown
+from .user_graph import DEFAULT_NEIGHBOURS, make_user_graph_dict
+
+PathLike = Union[str, "os.PathLike[str]"]
+Progress = Callable[[str], None]
+#: ``run_fn(spec, extra_config, on_event) -> result dict``; the default launches the runner.
+RunFunction = Callable[[RunSpec, Dict[str, Any], Callable[[dict], None]], dict]
+
+
+@dataclass
+class CompareReport:
+    dataset: str
+    plan: Plan
+    summaries: Dict[str, ModelSummary]
+    comparisons: List[PairedComparison]
+    executed: int
+    skipped: int
+    failed: int
+    files: Dict[str, Path] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _git_commit(folder: Path) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def stage_dataset(data_dir: Path, staging_root: Path, dataset: str) -> Path:
+    """``<staging_root>/<dataset>/`` with a symbolic link to every entry of ``data_dir``.
+
+    MMRec models write caches (``mm_adj_*.pt``) and DRAGON needs ``user_graph_dict.npy`` in the
+    dataset folder; staging keeps those out of a shared or read-only data folder.
+    """
+    if not data_dir.is_dir():
+        raise DatasetError(f"{data_dir}: dataset folder not found; pass the folder holding the .inter file.")
+    staged = staging_root / dataset
+    staged.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(data_dir.iterdir()):
+        link = staged / entry.name
+        if link.is_symlink() and os.path.realpath(link) == str(entry.resolve()):
+            continue
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.exists():
+            continue  # a folder of the same name made earlier: leave it alone
+        try:
+            link.symlink_to(entry.resolve())
+        except OSError:  # file systems without symbolic links
+            if entry.is_file():
+                shutil.copy2(entry, link)
+    return staged
+
+
+def _format_config(config: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in config.items()) + "}"
+
+
+def _epoch_printer(progress: Progress, metric: str) -> Callable[[dict], None]:
+    def on_event(event: dict) -> None:
+        if event.get("event") == "start" and event.get("device"):
+            progress(f"    device {event['device']}, MMRec log {event.get('mmrec_log')}")
+        if event.get("event") != "epoch":
+            return
+        loss = event.get("loss")
+        best = event.get("best_score")
+        progress("    epoch {:>4}  loss {}  valid {} {}  best {} (epoch {})  elapsed {:.1f} s".format(
+            event.get("epoch"), "n/a" if loss is None else f"{loss:.4f}", metric,
+            "n/a" if event.get("valid_score") is None else f"{event['valid_score']:.4f}",
+            "n/a" if best is None else f"{best:.4f}", event.get("best_epoch"), float(event.get("elapsed") or 0)))
+    return on_event
+
+
+def _result_line(record: dict, metric: str) -> str:
+    if record["status"] == "ok":
+        valid = (record.get("valid") or {}).get(metric)
+        test = (record.get("test") or {}).get(metric)
+        return (f"    done in {record.get('wall_s', 0):.1f} s: best epoch {record.get('best_epoch')}, "
+                f"valid {metric} {valid}, test {metric} {test}"
+                + (f" ({record['message']})" if record.get("message") else ""))
+    return f"    FAILED after {record.get('wall_s', 0):.1f} s: {record.get('message')} (log: {record.get('log_path')})"
+
+
+def _ensure_dataset(src: Path, dataset: str, data_dir: Optional[Path], results_root: Path,
+                    write_yaml: bool, progress: Progress) -> tuple:
+    """(dataset folder as MMRec will see it, extra unhashed config for every run)."""
+    extra: Dict[str, Any] = {}
+    if data_dir is not None:
+        staged = stage_dataset(data_dir, results_root / "data", dataset)
+        extra["data_path"] = str(staged.parent) + os.sep
+    base = merged_config(src, "__none__", dataset)
+    folder = dataset_folder(src, {"data_path": extra.get("data_path") or base.get("data_path")}, dataset)
+    if not dataset_yaml_path(src, dataset).is_file():
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: dataset folder not found and MMRec has no "
+                               f"{dataset_yaml_path(src, dataset)}; pass data_dir= (--data-dir) or put the "
+                               "data where MMRec's data_path points.")
+        if write_yaml:
+            vision, text, note = detect_feature_files(folder)
+            path = write_dataset_yaml(src, dataset, vision_feature_file=vision, text_feature_file=text, note=note)
+            progress(f"wrote {path} (marked as ours){': ' + note if note else ''}")
+    return folder, extra
+
+
+def _prepare_user_graph(src: Path, folder: Path, dataset: str, models: Sequence[str], k: int,
+                        progress: Progress) -> None:
+    needing = [m for m in models if uses_user_graph(src, m)]
+    if not needing:
+        return
+    config = merged_config(src, needing[0], dataset)
+    name = str(config.get("user_graph_dict_file") or "user_graph_dict.npy")
+    target = folder / name
+    if target.exists():
+        return
+    if not os.access(folder, os.W_OK):
+        raise DatasetError(f"{folder}: {', '.join(needing)} need {name} here but the folder is read-only; "
+                           "pass data_dir= (--data-dir) to work on a staged copy.")
+    started = time.time()
+    make_user_graph_dict(folder, k=k, inter_file=str(config.get("inter_file_name") or f"{dataset}.inter"),
+                         file_name=name)
+    progress(f"built {target} for {', '.join(needing)} in {time.time() - started:.1f} s")
+
+
+def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Union[int, Sequence[int]] = 1,
+            epochs: Optional[int] = None, overrides: Sequence[str] = (), results_dir: PathLike = "results",
+            python: str = sys.executable, *, data_dir: Optional[PathLike] = None, target: Optional[str] = "REARM",
+            execute: bool = True, retry_failed: bool = True, timeout_s: Optional[float] = None,
+            save_model: bool = False, user_graph_k: int = DEFAULT_NEIGHBOURS,
+            progress: Optional[Progress] = print, run_fn: Optional[RunFunction] = None) -> CompareReport:
+    """Run every (model, configuration, seed) of ``models`` on ``dataset`` and report.
+
+    mmrec_dir: MMRec checkout (or its ``src``). models: MMRec model names (case-sensitive).
+    seeds: a count N (seeds 999 .. 999+N-1) or explicit seeds. epochs: MMRec's ``epochs`` for
+    every run (None keeps the YAML value; early stopping still applies). overrides:
+    ``MODEL.key=value`` / ``key=value`` items (see :mod:`.plan`). results_dir: the store and the
+    tables go to ``<results_dir>/<dataset>/``. python: the interpreter that runs MMRec.
+    data_dir: a dataset folder outside the checkout; it is staged under
+    ``<results_dir>/<dataset>/data/`` (symlinks) and MMRec's ``data_path`` is pointed there.
+    target: the model tested against the baselines (None: no tests). execute=False plans and
+    reports from finished runs only. retry_failed: rerun runs whose last attempt failed.
+    run_fn: replaces the subprocess launch (tests).
+
+    Writes ``table2.md``, ``table2.csv`` and (with a target) ``significance.csv``; returns a
+    :class:`CompareReport`.
+    """
+    say: Progress = progress or (lambda _message: None)
+    src = mmrec_src(mmrec_dir)
+    models = list(models)
+    for model in models:
+        check_model(src, model)
+    if run_fn is None and execute and shutil.which(python) is None and not Path(python).is_file():
+        raise ConfigError(f"python={python!r}: interpreter not found; give the Python that has MMRec's requirements.")
+    seed_values = seed_list(seeds)
+    results_root = Path(results_dir) / dataset
+    folder, extra = _ensure_dataset(src, dataset, Path(data_dir) if data_dir is not None else None,
+                                    results_root, write_yaml=execute, progress=say)
+    plan = build_plan(src, dataset, models, seed_values, epochs, overrides)
+    for warning in plan.warnings:
+        say(f"warning: {warning}")
+    store = RunStore(results_dir, dataset)
+    executed = skipped = failed = 0
+    with store.exclusive():
+        if execute:
+            _prepare_user_graph(src, folder, dataset, models, user_graph_k, say)
+        latest = store.latest()
+        total = len(plan.runs)
+        done = sum(1 for s in plan.runs if latest.get(s.key, {}).get("status") == "ok")
+        say(f"{dataset}: {total} runs planned ({', '.join(f'{m}: {len(plan.configs[m])} configuration(s)' for m in models)}"
+            f" x {len(seed_values)} seed(s)); {done} already finished in {store.path}")
+        for index, spec in enumerate(plan.runs, start=1):
+            previous = latest.get(spec.key)
+            if previous is not None and (previous.get("status") == "ok" or not retry_failed):
+                skipped += 1
+                continue
+            head = f"run {index} of {total}: {spec.model} seed {spec.seed} config {_format_config(spec.config)}"
+            if not execute:
+                say(head + " - not run (execute=False)")
+                continue
+            say(head)
+            metric = plan.valid_metric[spec.model]
+            on_event = _epoch_printer(say, metric)
+            started = _now()
+            if run_fn is None:
+                result = launch(spec, src, python, results_root / "logs", extra=extra, save_model=save_model,
+                                on_event=on_event, timeout_s=timeout_s)
+            else:
+                result = run_fn(spec, extra, on_event)
+            record = {**result, "schema": SCHEMA, "key": spec.key, "config_id": spec.config_id,
+                      "dataset": dataset, "model": spec.model, "config": spec.config, "seed": spec.seed,
+                      "epochs": spec.epochs, "valid_metric": metric, "status": result.get("status", "failed"),
+                      "started": started, "finished": _now()}
+            store.append(record)
+            latest[spec.key] = record
+            executed += 1
+            failed += record["status"] != "ok"
+            say(_result_line(record, metric))
+
+    records = [latest[s.key] for s in plan.runs if s.key in latest]
+    summaries = summarise(records, plan.valid_metric, models)
+    target_model = target if target in models else None
+    rows = comparisons(summaries, target_model) if target_model else []
+    commit = _git_commit(src.parent)
+    settings = (f"MMRec checkout `{src.parent}`{f' at {commit}' if commit else ''}; seeds {seed_values}; "
+                f"epochs {epochs if epochs is not None else 'from the YAML files'} (early stopping as configured); "
+                f"overrides {list(overrides) or 'none'}; configuration chosen per model on validation "
+                f"{', '.join(sorted(set(plan.valid_metric.values())))} (mean over seeds); "
+                f"{len(records)} of {len(plan.runs)} planned runs have a record.")
+    results_root.mkdir(parents=True, exist_ok=True)
+    files = {"table2.md": results_root / "table2.md", "table2.csv": results_root / "table2.csv"}
+    files["table2.md"].write_text(report_markdown(dataset, summaries, models, rows, target_model, settings),
+                                  encoding="utf-8")
+    files["table2.csv"].write_text(table2_csv(dataset, summaries, models, target_model), encoding="utf-8")
+    if rows:
+        files["significance.csv"] = results_root / "significance.csv"
+        files["significance.csv"].write_text(comparisons_csv(rows), encoding="utf-8")
+    say("")
+    say(table2_markdown(dataset, summaries, models, target_model).rstrip())
+    say(f"\nwrote {', '.join(str(p) for p in files.values())}")
+    return CompareReport(dataset, plan, summaries, rows, executed, skipped, failed, files)

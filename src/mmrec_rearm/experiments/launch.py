@@ -1,0 +1,148 @@
+"""Parent side of one run: start the runner subprocess in MMRec's ``src``, stream its progress,
+keep its whole output as a log file, and turn whatever happened into a result dict.
+
+A run that crashes, is killed by a signal, times out or cannot import a package becomes a
+``failed`` result with a one-line ``message`` (naming the missing package when there is one)
+and the tail of the output in ``error``; it never raises, so the other runs go on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from . import runner as _runner_module
+from .plan import RunSpec
+
+RUNNER_PATH = Path(_runner_module.__file__).resolve()
+PROGRESS_PREFIX = _runner_module.PROGRESS_PREFIX
+_MISSING_MODULE = re.compile(r"No module named '([A-Za-z0-9_]+)")
+EventHandler = Callable[[dict], None]
+
+#: (pattern in the error text, explanation appended to the message) for failures of MMRec itself.
+KNOWN_FAILURES = (
+    (r"cannot assign '[\w.]+' as parameter 'result_embed'",
+     "known MMRec bug on CPU: DRAGON/DualGNN create result_embed as nn.Parameter(...).to(device); "
+     "on CPU .to() keeps the Parameter, so forward() cannot overwrite it. These models only run on a GPU"),
+    (r"module 'numpy' has no attribute 'float'",
+     "MMRec needs numpy < 1.24 (it uses np.float); run it with a Python that has MMRec's pinned numpy"),
+    (r"has no attribute '_update'",
+     "MMRec's graph models need scipy < 1.12 (dok_matrix._update); use MMRec's pinned scipy"),
+)
+
+
+def quick_start_config(spec: RunSpec, extra: Optional[Dict[str, Any]] = None) -> dict:
+    """The ``config_dict`` given to MMRec's quick_start for one run.
+
+    ``hyper_parameters: ['seed']`` with ``seed: [s]`` makes quick_start's grid exactly one run;
+    the configuration's values are scalars, so MMRec uses them as they are.
+    """
+    config = dict(spec.config)
+    config.update(extra or {})
+    config["seed"] = [spec.seed]
+    config["hyper_parameters"] = ["seed"]
+    if spec.epochs is not None:
+        config["epochs"] = spec.epochs
+    return config
+
+
+def _tail(text: str, lines: int = 40, chars: int = 4000) -> str:
+    return "\n".join(text.splitlines()[-lines:])[-chars:]
+
+
+def launch(spec: RunSpec, src: Path, python: str, work_dir: Path, *, extra: Optional[Dict[str, Any]] = None,
+           save_model: bool = False, on_event: Optional[EventHandler] = None,
+           timeout_s: Optional[float] = None) -> dict:
+    """Run ``spec`` through MMRec in a subprocess; returns the runner's result plus ``log_path``.
+
+    ``work_dir`` receives ``<key>.json`` (spec), ``<key>.result.json`` and ``<key>.log`` (the
+    subprocess's full stdout + stderr, MMRec's log lines included).
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{spec.model}-seed{spec.seed}-{spec.key}"
+    spec_path, result_path, log_path = (work_dir / f"{stem}.json", work_dir / f"{stem}.result.json",
+                                        work_dir / f"{stem}.log")
+    for stale in (result_path,):
+        if stale.exists():
+            stale.unlink()
+    spec_path.write_text(json.dumps({
+        "model": spec.model, "dataset": spec.dataset, "config_dict": quick_start_config(spec, extra),
+        "save_model": bool(save_model), "result_path": str(result_path)}, indent=1, default=str), encoding="utf-8")
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    timed_out = threading.Event()
+    try:
+        process = subprocess.Popen([python, str(RUNNER_PATH), str(spec_path)], cwd=str(src), env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   encoding="utf-8", errors="replace", bufsize=1)
+    except OSError as exc:
+        return {"status": "failed", "message": f"cannot start {python}: {exc}", "error": str(exc),
+                "log_path": str(log_path), "wall_s": 0.0}
+
+    def _expire() -> None:
+        timed_out.set()
+        process.kill()
+
+    timer = threading.Timer(timeout_s, _expire) if timeout_s else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    output = []
+    try:
+        with open(log_path, "w", encoding="utf-8") as log:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                if line.startswith(PROGRESS_PREFIX):
+                    if on_event is not None:
+                        try:
+                            on_event(json.loads(line[len(PROGRESS_PREFIX):]))
+                        except (ValueError, TypeError):
+                            pass
+                else:
+                    output.append(line)
+                    del output[:-200]
+        returncode = process.wait()
+    except BaseException:
+        process.kill()  # Ctrl-C in the parent: leave no orphan training behind
+        process.wait()
+        raise
+    finally:
+        if timer:
+            timer.cancel()
+
+    text = "".join(output)
+    result: Dict[str, Any] = {}
+    if result_path.is_file():
+        try:
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+        except ValueError:
+            result = {}
+    if not result:
+        if timed_out.is_set():
+            message = f"timed out after {timeout_s:g} s and was killed"
+        elif returncode < 0:
+            name = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else str(-returncode)
+            message = f"the MMRec process was killed by signal {name} (a crash inside a native library?)"
+        else:
+            message = f"the MMRec process exited with code {returncode} without writing a result"
+        missing = _MISSING_MODULE.search(text)
+        result = {"status": "failed", "message": message, "error": _tail(text),
+                  "missing_package": missing.group(1) if missing else None}
+    elif result.get("status") != "ok" and not result.get("error"):
+        result["error"] = _tail(text)
+    if result.get("status") != "ok":
+        haystack = f"{result.get('message') or ''}\n{result.get('error') or ''}"
+        for pattern, hint in KNOWN_FAILURES:
+            if re.search(pattern, haystack):
+                result["hint"] = hint
+                result["message"] = f"{result.get('message')} [{hint}]"
+                break
+    result["returncode"] = returncode
+    result["log_path"] = str(log_path)
+    return result

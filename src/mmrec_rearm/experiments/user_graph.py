@@ -1,0 +1,107 @@
+"""DRAGON / DualGNN's ``user_graph_dict.npy``, built from sparse co-occurrence in seconds.
+
+Format, as MMRec e775373 reads it (``models/dragon.py`` and ``models/dualgnn.py``:
+``np.load(path, allow_pickle=True).item()``, then ``d[i][0][:k]`` / ``d[i][1][:k]`` for every
+``i in range(len(d))``, appending to those slices when a user has fewer than ``k`` neighbours):
+
+* a ``dict`` with one entry per user id ``0 .. n_users - 1`` (``n_users`` = max user id over all
+  splits + 1, MMRec's user count);
+* each value ``[neighbours, weights]``: two Python *lists* (the models call ``.append`` on them)
+  of the users sharing at least one training item with this user, most shared items first, at
+  most ``k`` of them, and the number of shared items as Python floats (the models softmax them);
+  a user with no such neighbour gets ``[[], []]``;
+* the user itself is never its own neighbour; ties in the count are ordered by user id.
+
+MMRec's ``preprocessing/dualgnn-gen-u-u-matrix.py`` computes the same counts with a Python double
+loop over user pairs and a dense ``n_users x n_users`` tensor; here it is ``R R^T`` on the sparse
+training matrix, a block of users at a time, so memory stays bounded by one block's row of counts.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..data import read_interactions, training_matrix
+from ..errors import DatasetError
+from .mmrec_config import dataset_folder, merged_config, mmrec_src
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: MMRec's generator keeps at most 200 neighbours per user; DRAGON and DualGNN use the first 40.
+DEFAULT_NEIGHBOURS = 200
+
+
+def cooccurrence_neighbours(interactions: sp.csr_matrix, k: int = DEFAULT_NEIGHBOURS,
+                            block_rows: int = 2048) -> Dict[int, list]:
+    """Top-``k`` co-occurring users of every user, in ``user_graph_dict`` form.
+
+    ``interactions``: ``(n_users, n_items)`` training matrix; any non-zero counts as one
+    interaction. Returns ``{user: [neighbour ids (list of int), shared-item counts (list of float)]}``.
+    """
+    if k < 1:
+        raise DatasetError(f"k={k}: the number of neighbours per user must be at least 1.")
+    binary = sp.csr_matrix(interactions, copy=True)
+    binary.eliminate_zeros()
+    binary.data = np.ones_like(binary.data, dtype=np.int32)
+    binary.sum_duplicates()
+    binary.data[:] = 1
+    transposed = binary.T.tocsr()
+    n_users = binary.shape[0]
+    graph: Dict[int, list] = {}
+    for start in range(0, n_users, block_rows):
+        stop = min(start + block_rows, n_users)
+        shared = (binary[start:stop] @ transposed).tocsr()
+        local = np.repeat(np.arange(stop - start), np.diff(shared.indptr))
+        cols, counts = shared.indices.astype(np.int64), shared.data
+        keep = (cols != local + start) & (counts > 0)
+        local, cols, counts = local[keep], cols[keep], counts[keep]
+        order = np.lexsort((cols, -counts, local))
+        local, cols, counts = local[order], cols[order], counts[order]
+        per_row = np.bincount(local, minlength=stop - start)
+        first = np.concatenate(([0], np.cumsum(per_row)[:-1]))
+        take = (np.arange(local.size) - first[local]) < k
+        cols, counts = cols[take], counts[take].astype(np.float64)
+        bounds = np.cumsum(np.minimum(per_row, k))[:-1]
+        for offset, (ids, weights) in enumerate(zip(np.split(cols, bounds), np.split(counts, bounds))):
+            graph[start + offset] = [ids.tolist(), weights.tolist()]
+    return graph
+
+
+def make_user_graph_dict(folder: PathLike, dataset: Optional[str] = None, *, k: int = DEFAULT_NEIGHBOURS,
+                         inter_file: Optional[str] = None, file_name: Optional[str] = None) -> Path:
+    """Write DRAGON / DualGNN's user graph file from the training rows (``x_label == 0``).
+
+    Two ways to name the data: ``folder`` is a dataset folder (``inter_file`` defaults to
+    ``<folder name>.inter``, the output to ``user_graph_dict.npy``), or ``folder`` is an MMRec
+    checkout and ``dataset`` a dataset name, in which case the dataset folder, ``inter_file_name``
+    and ``user_graph_dict_file`` come from the checkout's configuration, as MMRec would resolve
+    them. Returns the path written. The file is replaced atomically, so a concurrent reader sees
+    the old or the new file, never half of one.
+    """
+    folder = Path(folder)
+    if dataset is not None:
+        src = mmrec_src(folder)
+        config = merged_config(src, "__none__", dataset)
+        folder = dataset_folder(src, config, dataset)
+        inter_file = inter_file or config.get("inter_file_name")
+        file_name = file_name or config.get("user_graph_dict_file")
+    inter_path = folder / (inter_file or f"{folder.name}.inter")
+    parsed = read_interactions(inter_path)
+    if parsed.users.size == 0:
+        raise DatasetError(f"{inter_path}: no interaction rows; cannot build the user co-occurrence graph.")
+    n_users, n_items = int(parsed.users.max()) + 1, int(parsed.items.max()) + 1
+    train = parsed.labels == 0
+    matrix = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
+    graph = cooccurrence_neighbours(matrix, k)
+    target = folder / (file_name or "user_graph_dict.npy")
+    temporary = folder / f".{target.name}.{os.getpid()}.tmp.npy"
+    try:
+        np.save(temporary, graph, allow_pickle=True)
+        os.replace(temporary, target)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return target
