@@ -1,0 +1,106 @@
+"""Shared pytest fixtures. Each section belongs to one test area; keep sections independent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- official REARM clone (parity tests, tests/test_parity_official.py) -------------------------
+
+OFFICIAL_ENV = "REARM_OFFICIAL_SRC"
+OFFICIAL_DEFAULT = Path("~/REARM-official").expanduser()
+OFFICIAL_HOWTO = (
+    "git clone https://github.com/MrShouxingMa/REARM (docs/testing.md lists the environment it "
+    "needs and the small fixes for Python 3.11), then set "
+    f"{OFFICIAL_ENV}=/path/to/the/clone (default: {OFFICIAL_DEFAULT})"
+)
+
+
+def locate_official_src() -> tuple[Path | None, str]:
+    """Return (clone folder, "") or (None, why not) for the official REARM sources.
+
+    `REARM_OFFICIAL_SRC` wins when set; otherwise ~/REARM-official is used if it exists.
+    A folder counts as a clone when it holds model.py and utils/helper.py.
+    """
+    configured = os.environ.get(OFFICIAL_ENV)
+    folder = Path(configured).expanduser() if configured else OFFICIAL_DEFAULT
+    origin = f"{OFFICIAL_ENV}={configured}" if configured else f"default {OFFICIAL_DEFAULT}"
+    if not folder.is_dir():
+        return None, f"official REARM clone not found ({origin}); to enable: {OFFICIAL_HOWTO}"
+    missing = [name for name in ("model.py", "utils/helper.py", "utils/data_loader.py")
+               if not (folder / name).is_file()]
+    if missing:
+        return None, (f"{folder} ({origin}) is not a REARM clone: missing {', '.join(missing)}; "
+                      f"to enable: {OFFICIAL_HOWTO}")
+    return folder, ""
+
+
+@pytest.fixture(scope="session")
+def official_src() -> Path:
+    """Folder of a runnable clone of MrShouxingMa/REARM; skips (saying how to enable) without one."""
+    folder, why = locate_official_src()
+    if folder is None:
+        pytest.skip(f"PARITY TESTS SKIPPED: {why}")
+    return folder
+
+
+# --- real MMRec checkout (tests/test_install.py, tests/test_integration_mmrec.py) ---------------
+
+MMREC_ENV = "MMREC_SRC"
+MMREC_DEFAULT = Path("~/MMRec").expanduser()
+MMREC_HOWTO = (f"set {MMREC_ENV}=<checkout>/src or git clone https://github.com/enoche/MMRec "
+               f"{MMREC_DEFAULT}; the tests only ever modify a temporary git clone of it")
+
+
+def locate_mmrec_checkout() -> tuple[Path | None, str]:
+    """Return (checkout root, "") or (None, why not) for a git checkout of MMRec.
+
+    `MMREC_SRC` (the checkout or its src/) wins when set; otherwise ~/MMRec is used if present.
+    A folder counts when it holds src/main.py and .git (the tests clone it with git).
+    """
+    configured = os.environ.get(MMREC_ENV)
+    folder = Path(configured).expanduser() if configured else MMREC_DEFAULT
+    origin = f"{MMREC_ENV}={configured}" if configured else f"default {MMREC_DEFAULT}"
+    if folder.name == "src" and (folder / "main.py").is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        return None, f"no MMRec checkout ({origin} does not exist); to enable: {MMREC_HOWTO}"
+    if not (folder / "src" / "main.py").is_file() or not (folder / ".git").exists():
+        return None, (f"{folder} ({origin}) is not a git checkout of MMRec (needs src/main.py and "
+                      f".git); to enable: {MMREC_HOWTO}")
+    return folder, ""
+
+
+def mmrec_runtime_problem() -> str:
+    """Why this interpreter cannot run MMRec's quick_start, or "" when it can."""
+    import importlib.util
+
+    missing = [m for m in ("numpy", "scipy", "pandas", "torch", "torchvision", "matplotlib", "lmdb",
+                           "yaml", "PIL") if importlib.util.find_spec(m) is None]
+    if missing:
+        return "missing " + ", ".join(missing)
+    import numpy
+    import scipy.sparse
+
+    if tuple(int(part) for part in numpy.__version__.split(".")[:2]) >= (1, 24):
+        return f"numpy {numpy.__version__} lacks np.float, used by MMRec's utils/metrics.py"
+    if not hasattr(scipy.sparse.dok_matrix((1, 1)), "_update"):
+        return "scipy lacks dok_matrix._update, used by MMRec's LightGCN"
+    return ""
+
+
+@pytest.fixture
+def mmrec_clone(tmp_path) -> Path:
+    """A throw-away `git clone` of the MMRec checkout; skips (saying how to enable) without one."""
+    import subprocess
+
+    source, why = locate_mmrec_checkout()
+    if source is None:
+        pytest.skip(f"REAL-MMREC TESTS SKIPPED: {why}")
+    clone = tmp_path / "MMRec"
+    subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
+    return clone
