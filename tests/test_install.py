@@ -7,7 +7,6 @@ tests marked "real MMRec" work on a throw-away `git clone` of a real checkout fo
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
@@ -18,10 +17,8 @@ import pytest
 from mmrec_rearm import install as inst
 from mmrec_rearm.errors import InstallError
 
-MMREC_ENV = "MMREC_SRC"
-MMREC_DEFAULT = Path("~/MMRec").expanduser()
-ENABLE_REAL = (f"REAL-MMREC TESTS SKIPPED: no MMRec checkout found; to enable, set {MMREC_ENV}=<checkout>/src "
-               f"or git clone https://github.com/enoche/MMRec {MMREC_DEFAULT}")
+from conftest import mmrec_runtime_problem
+
 FAKE_FILES = {
     "src/main.py": "print('fake MMRec')\n",
     "src/models/lightgcn.py": "class LightGCN: pass\n",
@@ -59,43 +56,10 @@ def fake_mmrec(tmp_path) -> Path:
     return root
 
 
-def _real_checkout() -> Path | None:
-    configured = os.environ.get(MMREC_ENV)
-    folder = Path(configured).expanduser() if configured else MMREC_DEFAULT
-    if folder.name == "src" and (folder / "main.py").is_file():
-        folder = folder.parent
-    return folder if (folder / "src" / "main.py").is_file() and (folder / ".git").exists() else None
-
-
-def _mmrec_runtime_problem() -> str:
-    """Why this interpreter cannot run MMRec's quick_start, or "" when it can."""
-    import importlib.util
-
-    missing = [m for m in ("numpy", "scipy", "pandas", "torch", "torchvision", "matplotlib", "lmdb",
-                           "yaml", "PIL") if importlib.util.find_spec(m) is None]
-    if missing:
-        return "missing " + ", ".join(missing)
-    import numpy
-    import scipy.sparse
-
-    if tuple(int(part) for part in numpy.__version__.split(".")[:2]) >= (1, 24):
-        return f"numpy {numpy.__version__} lacks np.float, used by MMRec's utils/metrics.py"
-    if not hasattr(scipy.sparse.dok_matrix((1, 1)), "_update"):
-        return "scipy lacks dok_matrix._update, used by MMRec's LightGCN"
-    return ""
-
-
 @pytest.fixture
-def real_mmrec(tmp_path) -> Path:
-    source = _real_checkout()
-    if source is None:
-        configured = os.environ.get(MMREC_ENV)
-        where = f"{MMREC_ENV}={configured} is not a git checkout of MMRec" if configured else \
-            f"{MMREC_DEFAULT} does not exist"
-        pytest.skip(f"{ENABLE_REAL} ({where})")
-    clone = tmp_path / "MMRec"
-    subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
-    return clone
+def real_mmrec(mmrec_clone) -> Path:
+    """Temporary clone of the real checkout (located by conftest.locate_mmrec_checkout)."""
+    return mmrec_clone
 
 
 def expected_contents() -> dict:
@@ -298,7 +262,7 @@ def test_real_mmrec_install_uninstall_roundtrip(real_mmrec):
 
 def test_real_mmrec_quickstart_plumbing_with_lightgcn(real_mmrec):
     """One LightGCN epoch through MMRec's own quick_start on a tiny demo dataset (about 6 s)."""
-    problem = _mmrec_runtime_problem()
+    problem = mmrec_runtime_problem()
     if problem:
         pytest.skip(f"QUICKSTART TEST SKIPPED: {sys.executable} cannot run MMRec ({problem}); run the "
                     "tests with an interpreter that has MMRec's pins (numpy<1.24, scipy<1.12, pandas, "

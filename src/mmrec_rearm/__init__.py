@@ -1,1 +1,31 @@
-"""mmrec-rearm."""
+"""mmrec-rearm: REARM (Ma et al., ACM MM 2025) as a plug-in model for the MMRec toolbox.
+
+``mmrec_rearm.REARM`` and ``mmrec_rearm.load_official_state_dict`` are resolved on first access,
+so importing the package (e.g. for the CLI, the installer or the graph builders) does not import
+torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["REARM", "load_official_state_dict"]
+
+_LAZY = {
+    "REARM": ("mmrec_rearm.model.rearm", "REARM"),
+    "load_official_state_dict": ("mmrec_rearm.official", "load_official_state_dict"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmrec_rearm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

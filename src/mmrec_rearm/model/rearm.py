@@ -1,0 +1,487 @@
+"""REARM (Ma et al., ACM MM 2025) as an MMRec ``GeneralRecommender``: the wiring of Sec. 4.
+
+Data flow of one pass (``N = n_users + n_items``, ``d`` = embedding_size, ``M`` modalities)::
+
+    raw item features (n_items, d_m), users' raw preferences (n_users, d_m)
+      -> eq. 3  projection per modality and side                      -> (n, d) each
+      -> eq. 4  [id || m_1 .. m_M] propagated on the fused homogeneous
+                graph (last layer), rows L2-normalised                -> (n, (1+M) d)
+      -> eq. 5-9 items: self-attention, then cross-attention, each with
+                residual + LayerNorm (+ PReLU); users: PReLU only      -> (n, d) per modality
+      -> eq. 10-11 LightGCN on the interaction graph, features and IDs
+                separately, mean over layers 0..L                      -> F (N, M d), I (N, d)
+      -> eq. 13-16 meta-network on F, applied to I: share^f           -> (r, d)
+      -> eq. 18 uni^f_m = PReLU(F_m) + I                               -> (r, d) per modality
+      -> eq. 19 representation [uni^f_1 .. uni^f_M || share^f]        -> (r, (M+1) d)
+    losses: eq. 21 BPR, eq. 12 InfoNCE, eq. 17 orthogonality, eq. 22 total.
+
+Every place where the defaults follow the official code rather than the paper's text, and every
+switch, is listed in docs/choices.md ("Model (issue 3)").
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError, DatasetError
+from ..host import BaseRecommender, config_value, dataset_folder
+from . import layers as L
+from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
+from .presets import RearmSettings, describe, read_settings
+
+__all__ = ["REARM", "RawTable", "build_homogeneous_graphs"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_homogeneous_graphs(data, graph_settings: Dict[str, Any], cache_dir: Any):
+    """The fused homogeneous graphs of ``data`` via the foundation cache -> (graphs, hit)."""
+    from ..cache import load_or_build
+    from ..graphs import GraphParams
+
+    params = GraphParams.from_mapping(graph_settings)
+    return load_or_build(data, params, cache_dir=cache_dir,
+                         progress=lambda msg: logger.debug("REARM graphs: %s", msg))
+
+
+def _row_block(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of a contiguous 2-D tensor, on the same storage (no copy) but with its
+    own version counter. Slices made by indexing share one counter, so the in-place decay of one
+    block during backward (see ``REARM._install_decoupled_decay``) would look to autograd like a
+    change of every other block still waiting for its gradient."""
+    block = values.new_empty(0)
+    width = values.shape[1]
+    block.set_(values.untyped_storage(), values.storage_offset() + start * width, (stop - start, width), (width, 1))
+    return block
+
+
+class RawTable(nn.Module):
+    """A table of raw modal vectors (rows, d_m), trainable (official: ``Embedding.from_pretrained(
+    freeze=False)`` for items, ``nn.Parameter`` for users) or a frozen buffer.
+
+    A trainable table is held as row blocks of at most :attr:`BLOCK_ELEMENTS` entries, each its own
+    parameter: an optimizer's per-parameter temporaries (Adam's ``sqrt(v) / c + eps``) are then
+    block-sized instead of table-sized (on Baby the user image table is 318 MB). The blocks never
+    appear outside: ``project`` applies a linear layer block by block, and the state_dict holds one
+    ``weight`` (rows, d_m) either way, so checkpoints do not depend on the switch or the blocking.
+    """
+
+    BLOCK_ELEMENTS = 1 << 23  # 32 MB of float32
+
+    def __init__(self, values: torch.Tensor, trainable: bool):
+        super().__init__()
+        # No copy: like MMRec's models (Embedding.from_pretrained) the table shares storage with
+        # the host's feature tensor, which nothing else reads after construction.
+        values = values.detach().float().contiguous()
+        self.shape = tuple(values.shape)
+        self.trainable = trainable
+        if trainable:
+            rows = max(1, self.BLOCK_ELEMENTS // max(1, values.shape[1]))
+            self.block_names = []
+            for index, start in enumerate(range(0, values.shape[0], rows)):
+                part = _row_block(values, start, min(values.shape[0], start + rows))
+                self.register_parameter(f"block{index}", nn.Parameter(part))
+                self.block_names.append(f"block{index}")
+        else:
+            self.register_buffer("weight_buffer", values)
+
+    @property
+    def blocks(self) -> list:
+        return [getattr(self, name) for name in self.block_names]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The whole table (rows, d_m); a concatenated copy when trainable."""
+        if not self.trainable:
+            return self.weight_buffer
+        blocks = self.blocks
+        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+
+    def project(self, linear: nn.Module) -> torch.Tensor:
+        """``linear`` applied to every row -> (rows, d_out), block by block (no table-sized copy)."""
+        if not self.trainable:
+            return linear(self.weight_buffer)
+        parts = [linear(block) for block in self.blocks]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    # state_dict: one "weight" entry instead of the blocks / the buffer (no child modules here,
+    # so these two hooks see every entry of this table)
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "weight"
+        if strict:
+            unexpected_keys.extend(name for name in state_dict if name.startswith(prefix) and name != key)
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        value = state_dict[key]
+        if tuple(value.shape) != self.shape:
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                              f"{tuple(value.shape)}, the shape in current model is {self.shape}.")
+            return
+        with torch.no_grad():
+            if not self.trainable:
+                self.weight_buffer.copy_(value)
+            else:
+                start = 0
+                for block in self.blocks:
+                    block.copy_(value[start:start + block.shape[0]])
+                    start += block.shape[0]
+
+    def extra_repr(self) -> str:
+        blocks = f", blocks={len(self.blocks)}" if self.trainable else ""
+        return f"{self.shape}, trainable={self.trainable}{blocks}"
+
+
+def _binary_csr(matrix) -> sp.csr_matrix:
+    m = sp.csr_matrix(matrix, dtype=np.float32)
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    m.eliminate_zeros()
+    return m
+
+
+def _mean_of_items(inter: sp.csr_matrix, item_values: torch.Tensor) -> torch.Tensor:
+    """Each user's mean over its training items' raw vectors (the paper's u_m of Sec. 4.1):
+    (n_users, n_items) 0/1 x (n_items, d_m) -> (n_users, d_m). A user without training items gets
+    zeros (the official code divides 0 by 0 and gets NaN)."""
+    counts = np.asarray(inter.sum(axis=1)).ravel()
+    inv = np.zeros(counts.shape, dtype=np.float32)
+    inv[counts > 0] = 1.0 / counts[counts > 0]
+    weights = (sp.diags(inv) @ inter).tocsr()
+    return (L.to_torch_csr(weights, item_values.device) @ item_values).contiguous()
+
+
+class REARM(BaseRecommender):
+    """REARM for MMRec: ``REARM(config, dataloader)``; MMRec's trainer calls ``calculate_loss`` per
+    training batch (a (3, b) LongTensor: users, positive items, negative items) and
+    ``full_sort_predict`` per evaluation batch.
+
+    Settings: configs/model/REARM.yaml (validated by :func:`~mmrec_rearm.model.presets.read_settings`).
+    """
+
+    def __init__(self, config: Any, dataloader: Any):
+        super().__init__(config, dataloader)
+        get = lambda key, default=None: config_value(config, key, default)  # noqa: E731
+        s: RearmSettings = read_settings(config, get)
+        self.settings = s
+        logger.info(describe(s.preset, s.dataset))
+        logger.info(s.summary())
+        self._check_weight_decay(s)
+
+        inter = _binary_csr(dataloader.inter_matrix(form="coo"))
+        if inter.shape != (self.n_users, self.n_items):
+            raise DatasetError(f"interaction matrix has shape {inter.shape}, expected "
+                               f"(n_users={self.n_users}, n_items={self.n_items})")
+        names, feats = self._modal_features(config, s)
+        self.modality_names: Tuple[str, ...] = tuple(names)
+        n_mod = len(feats)
+        d = s.embedding_size
+        self.embedding_size, self.n_modalities = d, n_mod
+        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+
+        # ---- graphs (built once, or read from the cache) -----------------------------------
+        t0 = time.perf_counter()
+        graphs, hit = self._graphs(config, s, inter, names, feats)
+        logger.info("REARM graphs %s in %.2f s", "read from the cache" if hit else "built", time.perf_counter() - t0)
+        self.user_graph = L.SparseGraph(graphs.user_homogeneous, device) if s.use_user_graph else None
+        self.item_graph = L.SparseGraph(graphs.item_homogeneous, device) if s.use_item_graph else None
+        self.interaction_graph = L.SparseGraph(L.normalized_interaction_graph(inter), device)
+
+        # ---- parameters ---------------------------------------------------------------------
+        self.user_id = nn.Embedding(self.n_users, d)
+        self.item_id = nn.Embedding(self.n_items, d)
+        item_values = [f.to(device) for f in feats]
+        self.item_raw = nn.ModuleList(RawTable(v, s.train_raw_features) for v in item_values)
+        self.user_raw = nn.ModuleList(RawTable(_mean_of_items(inter, v), s.train_raw_features)
+                                      for v in item_values)
+        self.item_proj = nn.ModuleList(nn.Linear(v.shape[1], d) for v in item_values)
+        self.user_proj = nn.ModuleList(nn.Linear(v.shape[1], d) for v in item_values)
+        attention = ((lambda p: L.ScalarAttention(p)) if s.attention == "scalar"
+                     else (lambda p: L.MatrixAttention(d, p)))
+        self.self_attn = nn.ModuleList(attention(s.self_attn_dropout) for _ in range(n_mod))
+        self.cross_attn = nn.ModuleList(attention(s.cross_attn_dropout) for _ in range(n_mod if n_mod > 1 else 0))
+        # One LayerNorm and one PReLU shared by every place that uses them (official code).
+        self.norm = nn.LayerNorm(d)
+        self.act = nn.PReLU()
+        if s.use_meta:
+            self.user_meta = L.MetaNetwork(n_mod, d, s.rank, s.meta_input_grad)
+            self.item_meta = L.MetaNetwork(n_mod, d, s.rank, s.meta_input_grad)
+        else:
+            self.user_meta = self.item_meta = None
+        self._reset_parameters()
+        self.to(device)
+
+        self.representation_passes = 0  # full passes over the graph (tests, profiling)
+        self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
+        self._epoch = -1
+        self._decay_factor: Optional[float] = None
+        self._decay_hooks = self._install_decoupled_decay(s)
+
+    # ------------------------------------------------------------------------------------------
+    # construction helpers
+
+    def _check_weight_decay(self, s: RearmSettings) -> None:
+        if s.weight_decay_mode in ("decoupled", "l2") and s.host_weight_decay > 0:
+            raise ConfigError(
+                f"weight_decay_mode '{s.weight_decay_mode}' regularises inside the model with "
+                f"reg_weight={s.reg_weight}, but MMRec's optimizer also has weight_decay="
+                f"{s.host_weight_decay}; set weight_decay: 0.0 (or weight_decay_mode: coupled to use "
+                "MMRec's Adam weight decay instead).")
+        if s.weight_decay_mode == "coupled" and s.host_weight_decay == 0:
+            logger.warning("REARM: weight_decay_mode is 'coupled' but MMRec's weight_decay is 0, so "
+                           "the model is not regularised; set weight_decay (e.g. to reg_weight=%s).",
+                           s.reg_weight)
+
+    def _modal_features(self, config: Any, s: RearmSettings) -> Tuple[List[str], List[torch.Tensor]]:
+        """Available modalities in slot order (vision slot, text slot, extra files), then the
+        ``modalities`` selection -> names and (n_items, d_m) float tensors."""
+        available: List[Tuple[str, torch.Tensor]] = []
+        for slot, key, fallback in ((self.v_feat, "vision_feature_file", "v_feat"),
+                                    (self.t_feat, "text_feature_file", "t_feat")):
+            if slot is not None:
+                available.append((Path(str(config_value(config, key, fallback))).stem, slot))
+        folder = dataset_folder(config)
+        for name in s.extra_feature_files:
+            path = name if os.path.isabs(name) else os.path.join(folder, name)
+            if not os.path.isfile(path):
+                raise DatasetError(f"{path}: extra feature file not found (extra_feature_files); "
+                                   "put the .npy file in the dataset folder or remove it from the list.")
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise DatasetError(f"{path}: cannot be read as a plain .npy array ({exc}).") from exc
+            available.append((Path(path).stem, torch.from_numpy(np.asarray(arr, dtype=np.float32))))
+        if not available:
+            raise DatasetError(
+                f"no item features in {folder}: neither vision_feature_file="
+                f"{config_value(config, 'vision_feature_file')!r} nor text_feature_file="
+                f"{config_value(config, 'text_feature_file')!r} exists there; REARM needs at least one.")
+        names = [n for n, _ in available]
+        if len(set(names)) != len(names):  # the fingerprint and logs need distinct names
+            names = [f"{n}#{i}" for i, n in enumerate(names)]
+        pick = {"all": list(range(len(available))), "first": [0], "second": [1]}.get(s.modalities, s.modalities)
+        bad = [i for i in pick if i >= len(available)]
+        if bad:
+            raise ConfigError(f"REARM config key 'modalities' = {s.modalities!r} asks for modality "
+                              f"{bad[0]}, but only {len(available)} are available: {names}.")
+        for i in pick:
+            if available[i][1].dim() != 2 or available[i][1].shape[0] != self.n_items:
+                raise DatasetError(f"feature '{names[i]}' has shape {tuple(available[i][1].shape)}, "
+                                   f"expected (n_items={self.n_items}, d).")
+        logger.info("REARM modalities: %s", ", ".join(f"{names[i]} ({available[i][1].shape[1]}-d)" for i in pick))
+        return [names[i] for i in pick], [available[i][1].float() for i in pick]
+
+    def _graphs(self, config: Any, s: RearmSettings, inter: sp.csr_matrix, names: Sequence[str],
+                feats: Sequence[torch.Tensor]):
+        from ..data import TrainingData
+
+        coo = inter.tocoo()
+        folder = dataset_folder(config)
+        inter_name = config_value(config, "inter_file_name", f"{s.dataset}.inter")
+        data = TrainingData.from_arrays(
+            coo.row, coo.col, self.n_users, self.n_items,
+            {name: f.detach().cpu().numpy() for name, f in zip(names, feats)},
+            source={"inter": os.path.join(folder, str(inter_name))})
+        return build_homogeneous_graphs(data, s.graph, s.cache_dir)
+
+    def _reset_parameters(self) -> None:
+        # Official initialisation: N(0, 0.1) ID embeddings, Xavier-normal projection weights;
+        # everything else keeps torch's defaults.
+        nn.init.normal_(self.user_id.weight, std=0.1)
+        nn.init.normal_(self.item_id.weight, std=0.1)
+        for proj in list(self.item_proj) + list(self.user_proj):
+            nn.init.xavier_normal_(proj.weight)
+
+    def _install_decoupled_decay(self, s: RearmSettings) -> list:
+        """AdamW's decoupled weight decay inside the model (weight_decay_mode 'decoupled').
+
+        Each parameter is multiplied by ``1 - lr * reg_weight`` right after its gradient of the
+        current training step is complete (a post-accumulate-grad hook), i.e. after the gradient
+        was taken at the old value and before MMRec's optimizer applies its Adam update: exactly
+        AdamW's step. Like AdamW, a parameter without a gradient in a step is not decayed.
+        """
+        if s.weight_decay_mode != "decoupled" or s.reg_weight == 0:
+            return []
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not hasattr(params[0], "register_post_accumulate_grad_hook"):  # torch < 2.1
+            logger.warning("REARM: torch %s has no post-accumulate-grad hooks; the decoupled weight "
+                           "decay is applied before each forward instead (same up to ordering).",
+                           torch.__version__)
+            return []
+
+        def hook(param: torch.Tensor) -> None:
+            if self._decay_factor is not None and self.training:
+                with torch.no_grad():
+                    param.mul_(self._decay_factor)
+
+        return [p.register_post_accumulate_grad_hook(hook) for p in params]
+
+    def _current_lr(self) -> float:
+        # MMRec's LambdaLR: lr * factor ** (epoch / step), advanced once per epoch
+        factor, step = self.settings.lr_scheduler
+        epoch = max(self._epoch, 0)
+        return self.settings.learning_rate * (factor ** (epoch / step) if step else 1.0)
+
+    # ------------------------------------------------------------------------------------------
+    # the network
+
+    def _side(self, ids: torch.Tensor, raw: nn.ModuleList, proj: nn.ModuleList,
+              graph: Optional[L.SparseGraph], n_layers: int) -> List[torch.Tensor]:
+        """Eq. (3)-(4) for one side: project each modality, concatenate with the IDs, propagate on
+        the homogeneous graph (last layer) and L2-normalise the rows (official). -> [id, m_1..m_M]
+        each (n, d)."""
+        modal = [r.project(p) for r, p in zip(raw, proj)]  # eq. 3
+        h = torch.cat([ids] + modal, dim=-1)
+        if graph is not None:
+            h = L.homogeneous_propagation(graph, h, n_layers)  # eq. 4
+        h = F.normalize(h, p=2, dim=1)
+        return list(h.split(self.embedding_size, dim=-1))
+
+    def _refine_items(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Eq. (5)-(9): self-attention then cross-attention on each item modality, each followed by
+        residual + the shared LayerNorm + the shared PReLU (official). With more than two
+        modalities the cross-attention query is the mean of the other modalities; with one there
+        is no cross-attention. (n_items, d) each."""
+        refined = [self.act(self.norm(f + attn(f, f))) for f, attn in zip(feats, self.self_attn)]  # eq. 5-6
+        if len(refined) == 1:
+            return refined
+        out = []
+        for m, attn in enumerate(self.cross_attn):  # eq. 7-9
+            others = [r for j, r in enumerate(refined) if j != m]
+            query = others[0] if len(others) == 1 else torch.stack(others).mean(dim=0)
+            out.append(self.act(self.norm(refined[m] + attn(query, refined[m]))))
+        return out
+
+    def _propagate_all(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Eq. (3)-(11) for all nodes -> modal features F (N, M d) and IDs I (N, d) after LightGCN.
+
+        Rows 0..n_users-1 are users, the rest items. Features and IDs are propagated separately
+        (the paper's G^m_ui and G^id_ui) but in one sparse product, since LightGCN acts on each
+        column independently.
+        """
+        self.representation_passes += 1
+        s = self.settings
+        users = self._side(self.user_id.weight, self.user_raw, self.user_proj, self.user_graph, s.n_uu_layers)
+        items = self._side(self.item_id.weight, self.item_raw, self.item_proj, self.item_graph, s.n_ii_layers)
+        item_modal = self._refine_items(items[1:])
+        user_modal = [self.act(u) for u in users[1:]]  # users: PReLU only (official)
+        nodes = torch.cat([torch.cat(user_modal + [users[0]], dim=-1),
+                           torch.cat(item_modal + [items[0]], dim=-1)], dim=0)
+        out = L.lightgcn(self.interaction_graph, nodes, s.n_layers)  # eq. 10-11
+        width = self.n_modalities * self.embedding_size
+        return out[:, :width], out[:, width:]
+
+    def _final(self, modal: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, side: str) -> torch.Tensor:
+        """Eq. (13)-(19) for the given node rows of one side -> (r, (M+1) d) (M d without the
+        meta branch). ``rows`` index the side (0-based user or item ids)."""
+        offset = 0 if side == "user" else self.n_users
+        count = self.n_users if side == "user" else self.n_items
+        side_modal = modal[offset:offset + count]
+        row_ids = ids[offset:offset + count][rows]
+        row_modal = side_modal[rows]
+        parts = [self.act(m) + row_ids for m in row_modal.split(self.embedding_size, dim=-1)]  # eq. 18
+        meta = self.user_meta if side == "user" else self.item_meta
+        if meta is not None:
+            share = meta(side_modal, row_ids, rows)  # eq. 13-15
+            parts.append(self.act(share) + row_ids)  # eq. 16
+        return torch.cat(parts, dim=-1)  # eq. 19 (official order: modal-unique parts, then shared)
+
+    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Final representations of all users (n_users, D) and all items (n_items, D)."""
+        modal, ids = self._propagate_all()
+        users = torch.arange(self.n_users, device=modal.device)
+        items = torch.arange(self.n_items, device=modal.device)
+        return self._final(modal, ids, users, "user"), self._final(modal, ids, items, "item")
+
+    # ------------------------------------------------------------------------------------------
+    # MMRec interface
+
+    def pre_epoch_processing(self):
+        self._epoch += 1
+
+    def train(self, mode: bool = True):
+        self._eval_cache = None
+        return super().train(mode)
+
+    def calculate_loss(self, interaction: torch.Tensor):
+        """Eq. (22) for one batch -> the tuple of its terms (MMRec sums them and logs each):
+        ``(bpr, lambda_cl * L_cl, lambda_ort * L_ort, reg)``. ``reg`` is ``reg_weight * ||Theta||^2``
+        with weight_decay_mode 'l2', else 0 (the decay then acts in the optimizer step)."""
+        self._eval_cache = None
+        s = self.settings
+        users, pos, neg = interaction[0], interaction[1], interaction[2]
+        if self.training and torch.is_grad_enabled() and s.weight_decay_mode == "decoupled" and s.reg_weight:
+            self._decay_factor = 1.0 - self._current_lr() * s.reg_weight
+            if not self._decay_hooks:  # old torch: decay before the forward instead
+                with torch.no_grad():
+                    for p in self.parameters():
+                        if p.requires_grad:
+                            p.mul_(self._decay_factor)
+                self._decay_factor = None
+        modal, ids = self._propagate_all()
+        user_rep = self._final(modal, ids, users, "user")
+        item_rep = self._final(modal, ids, torch.cat([pos, neg]), "item")
+        pos_rep, neg_rep = item_rep.split(len(pos))
+        bpr = bpr_loss((user_rep * pos_rep).sum(-1), (user_rep * neg_rep).sum(-1))  # eq. 21
+
+        zero = bpr.new_zeros(())
+        d = self.embedding_size
+        cl = zero
+        if s.cl_loss_weight > 0 and self.n_modalities > 1:  # eq. 12 on unique batch users / items
+            u_rows = torch.unique(users)
+            i_rows = torch.unique(torch.cat([pos, neg])) + self.n_users
+            cl_u = pairwise_sum(list(modal[u_rows].split(d, dim=-1)),
+                                lambda a, b: info_nce(a, b, s.cl_temperature))
+            cl_i = pairwise_sum(list(modal[i_rows].split(d, dim=-1)),
+                                lambda a, b: info_nce(a, b, s.cl_temperature))
+            cl = s.cl_loss_weight * (cl_u + cl_i)
+        ort = zero
+        if s.effective_ort_weight > 0 and self.n_modalities > 1:  # eq. 17 on batch users / positives
+            ort_u = pairwise_sum(list(modal[users].split(d, dim=-1)), orthogonal_loss)
+            ort_i = pairwise_sum(list(modal[pos + self.n_users].split(d, dim=-1)), orthogonal_loss)
+            ort = s.effective_ort_weight * (ort_u + ort_i)
+        reg = zero
+        if s.weight_decay_mode == "l2" and s.reg_weight > 0:
+            reg = s.reg_weight * l2_penalty(p for p in self.parameters() if p.requires_grad)
+        return bpr, cl, ort, reg
+
+    def _state_version(self) -> Tuple[int, ...]:
+        # in-place updates (optimizer steps, load_state_dict) bump these counters
+        return tuple(t._version for t in list(self.parameters()) + list(self.buffers()))
+
+    def _representations(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All users' and items' representations; in eval mode computed once and reused until the
+        parameters change, training resumes or a loss is computed (MMRec evaluates valid and test
+        back to back, batch by batch)."""
+        if self.training:
+            with torch.no_grad():
+                return self.forward()
+        version = self._state_version()
+        if self._eval_cache is None or self._eval_cache[0] != version:
+            with torch.no_grad():
+                users, items = self.forward()
+            self._eval_cache = (version, users, items)
+        return self._eval_cache[1], self._eval_cache[2]
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        """Scores of the batch users (``interaction[0]``, (b,)) against all items -> (b, n_items)."""
+        users, items = self._representations()
+        return users[interaction[0]] @ items.t()
+
+    def predict(self, interaction) -> torch.Tensor:
+        """Scores of (user, item) pairs: ``interaction[0]``, ``interaction[1]`` (b,) -> (b,)."""
+        users, items = self._representations()
+        return (users[interaction[0]] * items[interaction[1]]).sum(-1)
