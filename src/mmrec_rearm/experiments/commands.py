@@ -1,4 +1,5 @@
-"""Argument parsing for the experiment sub-commands; ``cli.py`` mounts them with
+"""Argument parsing for the experiment sub-commands (``compare``, ``user-graph``,
+``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``, ``recommend``); ``cli.py`` mounts them with
 :func:`add_subcommands`. Each handler takes the parsed namespace and returns an exit code (``compare``: 1 when a run
 of this invocation failed, else 0);
 errors of this package (:class:`~mmrec_rearm.errors.RearmError`) propagate to the caller.
@@ -51,7 +52,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
-    """Add ``compare``, ``user-graph`` and ``convert-official-splits``; each sets ``handler``
+    """Add ``compare``, ``user-graph``, ``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``
+    and ``recommend``; each sets ``handler``
     (``handler(args) -> exit code``, the convention of :mod:`mmrec_rearm.cli`)."""
     p = subparsers.add_parser(
         "compare", help="run models side by side through MMRec; Table 2 with validation-only selection",
@@ -94,3 +96,166 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     c.add_argument("--mmrec", help="also write src/configs/dataset/NAME.yaml into this MMRec checkout")
     c.add_argument("--overwrite", action="store_true", help="replace an existing different .inter / our YAML")
     c.set_defaults(handler=run_convert)
+
+    _add_extra_subcommands(subparsers)
+
+
+# ------------------------------------------------------------------------------------------------
+# ablate, sensitivity, heatmap, recommend (issue 4, points 3 and 5). Their modules are imported by the
+# handlers, so that building the parser stays as light as before.
+
+
+def _seeds(args: argparse.Namespace):
+    return args.seed_list if args.seed_list else args.seeds
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from .ablate import ablate
+
+    report = ablate(args.mmrec, args.dataset, seeds=_seeds(args), epochs=args.epochs, overrides=args.set or [],
+                    results_dir=args.results, python=args.python, parts=args.only or ("table3", "fig4"),
+                    variants=args.variants, data_dir=args.data_dir, execute=not args.dry_run,
+                    retry_failed=not args.no_retry_failed, timeout_s=args.timeout)
+    return 1 if report.failed else 0
+
+
+def _data_dirs(items, datasets):
+    """``--data-dir``: DIR (one dataset) or NAME=DIR items."""
+    if not items:
+        return None
+    if len(items) == 1 and "=" not in items[0]:
+        return items[0]
+    out = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or name not in datasets:
+            raise ConfigError(f"--data-dir {item!r}: expected NAME=DIR with NAME one of {list(datasets)}.")
+        out[name] = folder
+    return out
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    from .mmrec_config import parse_yaml_text
+    from .sensitivity import sensitivity
+
+    values = [parse_yaml_text(v, f"--values {v!r}") for v in args.values] if args.values else None
+    report = sensitivity(args.mmrec, args.dataset, args.param, values, seeds=_seeds(args), epochs=args.epochs,
+                         overrides=args.set or [], results_dir=args.results, python=args.python,
+                         data_dirs=_data_dirs(args.data_dir, args.dataset), metric=args.metric,
+                         plot=not args.no_plot, execute=not args.dry_run, retry_failed=not args.no_retry_failed,
+                         timeout_s=args.timeout)
+    return 1 if report.failed else 0
+
+
+def run_heatmap(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .heatmap import find_checkpoint_pair, heatmap
+
+    if args.after and args.before:
+        after, before = args.after, args.before
+        out = args.out or "heatmap.png"
+    elif args.dataset and not (args.after or args.before):
+        after, before = find_checkpoint_pair(args.results, args.dataset, args.seed)
+        out = args.out or str(Path(args.results) / args.dataset / "heatmap.png")
+    else:
+        raise ConfigError("heatmap: give both --after FILE and --before FILE, or -d DATASET to take them from "
+                          "the results store.")
+    result = heatmap(after, before, out, users=args.users, items=args.items, n_users=args.n_users,
+                     n_items=args.n_items, seed=args.sample_seed, data_dir=args.data_dir, plot=not args.no_plot)
+    print(f"compared {after} (after) with {before} (before)")
+    print(f"wrote {', '.join(str(p) for p in result.files.values())}")
+    return 0
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    from .recommend import read_users_file, recommend, recommendations_csv
+
+    users = args.users if args.users else read_users_file(args.users_file)
+    rows = recommend(args.checkpoint, users, top_k=args.top_k, out_csv=args.out, data_dir=args.data_dir,
+                     exclude_train=not args.include_train)
+    if args.out:
+        print(f"wrote {len(rows)} rows to {args.out}")
+    else:
+        sys.stdout.write(recommendations_csv(rows))
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options ``ablate`` and ``sensitivity`` share with ``compare`` (same meaning)."""
+    p.add_argument("--mmrec", required=True, help="MMRec checkout (or its src folder) with REARM installed")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds: 999, 1000, ... (default 1)")
+    p.add_argument("--seed-list", type=int, nargs="+", help="explicit seeds instead of --seeds")
+    p.add_argument("--epochs", type=int, help="epoch budget of every run (default: the YAML's, 1000)")
+    p.add_argument("--set", action="extend", nargs="+", metavar="[REARM.]key=value",
+                   help="setting for every run, as in compare")
+    p.add_argument("--results", default="results", help="results folder (default ./results)")
+    p.add_argument("--python", default=sys.executable, help="Python that runs MMRec (default: this one)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs still to do and rewrite the outputs only")
+    p.add_argument("--no-retry-failed", action="store_true", help="keep failed runs failed instead of rerunning")
+    p.add_argument("--timeout", type=float, help="seconds after which a run is killed and recorded as failed")
+
+
+def _add_extra_subcommands(subparsers: "argparse._SubParsersAction") -> None:
+    a = subparsers.add_parser(
+        "ablate", help="REARM's Table 3 ablations and Fig. 4 single-modality variants (table3.md, fig4.md)",
+        description="Run REARM's Table 3 variants (w/o uu ... w/o ref, full) and Fig. 4 variants (one modality) "
+                    "through MMRec, stored and resumed like compare; write RESULTS/DATASET/table3.md|csv and "
+                    "fig4.md|csv.")
+    _add_run_options(a)
+    a.add_argument("-d", "--dataset", required=True, help="dataset name (MMRec's configs/dataset/NAME.yaml)")
+    a.add_argument("--data-dir", help="dataset folder outside the checkout (staged with symlinks)")
+    a.add_argument("--only", nargs="+", choices=("table3", "fig4"), help="run only these parts (default both)")
+    a.add_argument("--variants", nargs="+", metavar="NAME",
+                   help="only these variants: wo_uu wo_ii wo_co wo_sim wo_hom wo_meta wo_ort wo_ref full first second")
+    a.set_defaults(handler=run_ablate)
+
+    s = subparsers.add_parser(
+        "sensitivity", help="Fig. 3: test R@20 against one REARM parameter, one line per dataset (PNG + CSV)",
+        description="Run REARM once per value of --param (per dataset and seed), stored and resumed like "
+                    "compare; write RESULTS/sensitivity/PARAM.csv and PARAM.png.")
+    _add_run_options(s)
+    s.add_argument("-d", "--dataset", nargs="+", required=True, help="dataset name(s)")
+    s.add_argument("--param", required=True, help="REARM setting, e.g. uu_co_weight, ii_co_weight, rank, n_layers")
+    s.add_argument("--values", nargs="+", metavar="V",
+                   help="values (YAML, e.g. 0 0.1 0.2); default: the paper's grid for the four Fig. 3 parameters")
+    s.add_argument("--data-dir", nargs="+", metavar="[NAME=]DIR",
+                   help="dataset folder(s) outside the checkout: DIR for one dataset, else NAME=DIR each")
+    s.add_argument("--metric", default="recall@20", help="MMRec test metric to plot (default recall@20)")
+    s.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
+    s.set_defaults(handler=run_sensitivity)
+
+    h = subparsers.add_parser(
+        "heatmap", help="Fig. 5: change of predicted probabilities by the refinement (full vs w/o ref), PNG + CSV",
+        description="Rebuild the full REARM and its w/o ref variant from their best-validation checkpoints and "
+                    "plot sigmoid(score) after minus before for a sample of users and items, marking training "
+                    "(boxes) and test (stars) interactions.")
+    h.add_argument("--after", metavar="FILE", help="checkpoint of the full model")
+    h.add_argument("--before", metavar="FILE", help="checkpoint of the w/o ref model")
+    h.add_argument("-d", "--dataset", help="find both checkpoints in RESULTS/DATASET/runs.jsonl instead")
+    h.add_argument("--results", default="results", help="results folder (with -d; default ./results)")
+    h.add_argument("--seed", type=int, help="with -d: the seed of the two runs (default: the smallest with both)")
+    h.add_argument("--users", type=int, nargs="+", help="user ids to show (default: a seeded sample)")
+    h.add_argument("--items", type=int, nargs="+", help="item ids to show (default: a seeded sample)")
+    h.add_argument("--n-users", type=int, default=20, help="sampled users (default 20)")
+    h.add_argument("--n-items", type=int, default=20, help="sampled items (default 20)")
+    h.add_argument("--sample-seed", type=int, default=0, help="seed of the sample (default 0)")
+    h.add_argument("--out", help="PNG file (default RESULTS/DATASET/heatmap.png with -d, else heatmap.png); "
+                                 "the numbers go to the same name with .csv")
+    h.add_argument("--data-dir", help="dataset folder, when it moved since training")
+    h.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
+    h.set_defaults(handler=run_heatmap)
+
+    r = subparsers.add_parser(
+        "recommend", help="top-k items per user from a saved REARM checkpoint (CSV: user, rank, item, score)",
+        description="Rebuild REARM from a best-validation checkpoint (no MMRec needed) and write each user's "
+                    "top-k items, training items excluded.")
+    r.add_argument("--checkpoint", required=True, metavar="FILE", help="RESULTS/DATASET/checkpoints/KEY.pt")
+    who = r.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", type=int, nargs="+", help="user ids")
+    who.add_argument("--users-file", metavar="F", help="file of user ids (whitespace / comma separated)")
+    r.add_argument("--top-k", type=int, default=20, help="items per user (default 20)")
+    r.add_argument("--out", metavar="CSV", help="output CSV (default: standard output)")
+    r.add_argument("--data-dir", help="dataset folder, when it moved since training")
+    r.add_argument("--include-train", action="store_true", help="do not exclude the users' training items")
+    r.set_defaults(handler=run_recommend)

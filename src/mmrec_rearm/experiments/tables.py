@@ -201,3 +201,75 @@ def comparisons_csv(rows: Sequence[PairedComparison]) -> str:
                                                                     r.difference, r.relative)),
                          "" if r.t is None else f"{r.t:.4f}", "" if r.p is None else f"{r.p:.6g}"])
     return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# Variant tables (Table 3's ablations, Fig. 4's single modalities): rows are variants of one model
+
+#: row label -> {column label (``R@20``): published value}; a column without any value gets no
+#: "(paper)" column, a row without its value shows a dash.
+PaperColumns = Mapping[str, Mapping[str, float]]
+
+
+def _paper_labels(paper: PaperColumns) -> List[str]:
+    present = {label for values in paper.values() for label in values}
+    return [label for label, _ in TABLE_METRICS if label in present]
+
+
+def variants_markdown(labels: Sequence[str], summaries: Mapping[str, ModelSummary],
+                      paper: Optional[PaperColumns] = None, first: str = "Variant") -> str:
+    """One row per variant (``labels`` in order, ``summaries`` keyed by label) in the Table 2 cell
+    format (test ``mean ± std`` over seeds, best bold, second underlined); a published value follows
+    each of our columns that the paper reports (Table 3: R@20 and N@20 only)."""
+    paper = paper or {}
+    with_paper = _paper_labels(paper)
+    header = [first]
+    for label, _ in TABLE_METRICS:
+        header.append(label)
+        if label in with_paper:
+            header.append(f"{label} (paper)")
+    header.append("seeds")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    ranks = {metric: _ranks(summaries, labels, metric) for _, metric in TABLE_METRICS}
+    for name in labels:
+        summary = summaries[name]
+        cells = [name]
+        for label, metric in TABLE_METRICS:
+            text = _cell(summary, metric)
+            rank = ranks[metric].get(name)
+            cells.append(f"**{text}**" if rank == 1 else f"<u>{text}</u>" if rank == 2 else text)
+            if label in with_paper:
+                cells.append(_fmt(paper.get(name, {}).get(label)))
+        cells.append(str(len(summary.selected.seeds)) if summary.selected else "0")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def variants_csv(labels: Sequence[str], summaries: Mapping[str, ModelSummary],
+                 paper: Optional[PaperColumns] = None, names: Optional[Mapping[str, str]] = None) -> str:
+    """One row per variant: ``variant`` (``names[label]``, default the label), ``label``, seeds, each
+    metric's mean, std (6 decimals) and published value (blank when none), the validation mean and
+    the chosen configuration."""
+    paper = paper or {}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["variant", "label", "seeds"]
+    for label, _ in TABLE_METRICS:
+        header += [label, f"{label}_std", f"{label}_paper"]
+    header += ["valid_metric", "valid_mean", "config"]
+    writer.writerow(header)
+    for name in labels:
+        summary = summaries[name]
+        chosen = summary.selected
+        row: List[str] = [(names or {}).get(name, name), name, str(len(chosen.seeds)) if chosen else "0"]
+        for label, metric in TABLE_METRICS:
+            mean = chosen.mean("test", metric) if chosen else None
+            std = chosen.std("test", metric) if chosen else None
+            published = paper.get(name, {}).get(label)
+            row += ["" if mean is None else f"{mean:.6f}", "" if std is None else f"{std:.6f}",
+                    "" if published is None else f"{published:.4f}"]
+        valid = chosen.mean("valid", summary.valid_metric) if chosen else None
+        row += [summary.valid_metric, "" if valid is None else f"{valid:.6f}",
+                json.dumps(chosen.config, sort_keys=True, default=str) if chosen else ""]
+        writer.writerow(row)
+    return out.getvalue()

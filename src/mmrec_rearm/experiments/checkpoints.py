@@ -1,0 +1,161 @@
+"""Reading the checkpoints the runner writes and rebuilding REARM from one, without MMRec's trainer.
+
+A checkpoint (:func:`.runner.checkpoint_payload`) holds the weights of the best validation epoch, the
+full MMRec configuration with REARM's dataset-dependent values already resolved, the dataset folder,
+the model name, the epoch and the valid / test metrics of that epoch. Rebuilding reads the training
+split of the dataset's ``.inter`` file, gives the model the two things it reads from MMRec's data
+loader (the training matrix, user and item counts; :class:`~mmrec_rearm.host.ArrayDataLoader`), and
+loads the weights. The homogeneous graphs are rebuilt or read from the graph cache, as in training.
+
+torch and the model are imported only when a function here is called.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import CheckpointError, DatasetError
+from .runner import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+PathLike = Union[str, "os.PathLike[str]"]
+REQUIRED_FIELDS = ("format", "version", "model", "config", "dataset_folder", "state_dict", "epoch", "valid", "test")
+#: Models that can be rebuilt from a checkpoint (MMRec name -> (module, class) of our package).
+REBUILDABLE = {"REARM": ("mmrec_rearm.model.rearm", "REARM")}
+
+
+def checkpoint_file(results_dir: PathLike, dataset: str, run_key: str) -> Path:
+    """Where the runner writes the checkpoint of run ``run_key``."""
+    return Path(results_dir) / dataset / "checkpoints" / f"{run_key}.pt"
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """The checkpoint at ``path`` as a dict (tensors on the CPU), loaded with ``weights_only=True``
+    (no code runs while reading). Raises :class:`CheckpointError` naming the file and the problem."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found; runs save one under "
+                              "<results>/<dataset>/checkpoints/<run key>.pt (the run's record names it).")
+    try:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except TypeError:  # torch < 1.13 has no weights_only
+            payload = torch.load(path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the caller
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
+                              "was the file truncated or written by something else?") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an mmrec-rearm checkpoint (no format '{CHECKPOINT_FORMAT}'); "
+                              "give a file from <results>/<dataset>/checkpoints/.")
+    missing = [name for name in REQUIRED_FIELDS if name not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks field(s) {', '.join(missing)}; it is damaged, "
+                              "rerun the training run to write it again.")
+    if int(payload["version"]) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload['version']} is newer than this package reads "
+                              f"({CHECKPOINT_VERSION}); upgrade mmrec-rearm.")
+    return payload
+
+
+@dataclass
+class Splits:
+    """The interactions of a dataset folder: training matrix and test pairs, MMRec's id convention."""
+    n_users: int
+    n_items: int
+    train: sp.csr_matrix        # (n_users, n_items) 0/1, x_label == 0
+    test: sp.csr_matrix         # (n_users, n_items) 0/1, x_label == 2
+
+
+def read_splits(folder: PathLike, inter_file: Optional[str] = None) -> Splits:
+    """Train and test interactions of ``folder/<inter_file>`` (default ``<folder name>.inter``).
+    Counts are max id over all splits + 1, as MMRec computes them."""
+    from ..data import read_interactions, training_matrix
+
+    folder = Path(folder)
+    parsed = read_interactions(folder / (inter_file or f"{folder.name}.inter"))
+    if parsed.users.size == 0:
+        raise DatasetError(f"{folder / (inter_file or folder.name + '.inter')}: no interaction rows.")
+    n_users, n_items = int(parsed.users.max()) + 1, int(parsed.items.max()) + 1
+    train, test = parsed.labels == 0, parsed.labels == 2
+    return Splits(n_users, n_items, training_matrix(parsed.users[train], parsed.items[train], n_users, n_items),
+                  training_matrix(parsed.users[test], parsed.items[test], n_users, n_items))
+
+
+class _MMRecLikeConfig(dict):
+    """A plain dict that answers None for an absent key, like MMRec's Config."""
+
+    def __missing__(self, key):
+        return None
+
+
+@dataclass
+class LoadedModel:
+    model: Any                  # the rebuilt model, in eval mode
+    checkpoint: Dict[str, Any]  # the payload without the state_dict
+    folder: Path
+    splits: Splits
+
+
+def rebuild_model(checkpoint: Union[PathLike, Dict[str, Any]], *, data_dir: Optional[PathLike] = None,
+                  device: str = "cpu", cache_dir: Any = None) -> LoadedModel:
+    """The model of ``checkpoint`` (a path or a loaded payload) with its weights, in eval mode.
+
+    data_dir: the dataset folder when it moved since training (default: the stored one). cache_dir:
+    graph cache folder, ``False`` for none (default: the stored configuration's ``rearm_cache_dir``).
+    The user and item counts of the dataset must match the checkpoint's.
+    """
+    import importlib
+
+    from ..host import ArrayDataLoader
+
+    payload = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    where = str(checkpoint) if not isinstance(checkpoint, dict) else "checkpoint"
+    name = str(payload["model"])
+    if name not in REBUILDABLE:
+        raise CheckpointError(f"{where}: model '{name}' cannot be rebuilt here; only {', '.join(REBUILDABLE)}.")
+    folder = Path(data_dir if data_dir is not None else payload["dataset_folder"]).resolve()
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: dataset folder of the checkpoint not found; pass data_dir= "
+                           "(--data-dir) with the folder holding its .inter and feature files.")
+    config = _MMRecLikeConfig(payload["config"])
+    splits = read_splits(folder, config.get("inter_file_name") or f"{config.get('dataset')}.inter")
+    expected = (int(payload.get("n_users") or splits.n_users), int(payload.get("n_items") or splits.n_items))
+    if (splits.n_users, splits.n_items) != expected:
+        raise DatasetError(f"{folder}: has {splits.n_users} users and {splits.n_items} items, the checkpoint "
+                           f"{where} was trained with {expected[0]} and {expected[1]}; pass the dataset it was "
+                           "trained on (data_dir=).")
+    # the model finds its files at abspath(data_path + dataset); point both at the folder given
+    config.update(data_path=str(folder.parent) + os.sep, dataset=folder.name, device=device)
+    if cache_dir is not None:
+        config["rearm_cache_dir"] = cache_dir
+    coo = splits.train.tocoo()
+    loader = ArrayDataLoader(coo.row, coo.col, splits.n_users, splits.n_items)
+    module, cls = REBUILDABLE[name]
+    model = getattr(importlib.import_module(module), cls)(config, loader)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{where}: the weights do not fit the model rebuilt from its configuration "
+                              f"({str(exc).splitlines()[0]} ...); was the model code changed since?") from exc
+    model.eval()
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    return LoadedModel(model, info, folder, splits)
+
+
+def scores(model: Any, users: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """``model.full_sort_predict`` for ``users`` (n,) -> (n, n_items) float32 scores, in batches."""
+    import torch
+
+    out = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(users), batch_size):
+            batch = torch.as_tensor(np.asarray(users[start:start + batch_size], dtype=np.int64), device=device)
+            out.append(model.full_sort_predict([batch]).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, int(model.n_items)), dtype=np.float32)
