@@ -1,12 +1,20 @@
-"""Experiment tooling on top of MMRec: side-by-side comparisons (Table 2), DRAGON/DualGNN's user
-graph file, and conversion of the official REARM splits. See docs/experiments.md.
+"""Experiment tooling on top of MMRec: side-by-side comparisons (Table 2), ablations (Table 3,
+Fig. 4), sensitivity (Fig. 3), the refinement heatmap (Fig. 5), checkpoints and top-k
+recommendations, DRAGON/DualGNN's user graph file, and conversion of the official REARM splits.
+See docs/experiments.md.
 
-Nothing here imports MMRec or torch: every MMRec run happens in a subprocess (:mod:`.runner`).
+Nothing here imports MMRec: every MMRec run happens in a subprocess (:mod:`.runner`). torch is
+imported only by the commands that load a checkpoint (``recommend``, ``heatmap``).
 """
 from .commands import add_subcommands
 from .compare import CompareReport, compare
 from .datasets import convert_official_splits, detect_feature_files, write_dataset_yaml
+from .ablate import ablate
+from .heatmap import heatmap
+from .recommend import recommend
+from .sensitivity import sensitivity
 from .user_graph import cooccurrence_neighbours, make_user_graph_dict
 
 __all__ = ["add_subcommands", "compare", "CompareReport", "convert_official_splits", "detect_feature_files",
-           "write_dataset_yaml", "cooccurrence_neighbours", "make_user_graph_dict"]
+           "write_dataset_yaml", "cooccurrence_neighbours", "make_user_graph_dict", "ablate", "sensitivity",
+           "heatmap", "recommend"]
