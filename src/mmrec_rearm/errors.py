@@ -39,3 +39,7 @@ class CheckpointError(RearmError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class PlotDependencyError(RearmError, ImportError):
+    """Drawing a figure needs the optional package matplotlib."""

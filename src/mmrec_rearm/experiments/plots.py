@@ -10,13 +10,9 @@ import os
 from pathlib import Path
 from typing import Any, Tuple, Union
 
-from ..errors import RearmError
+from ..errors import PlotDependencyError
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class PlotDependencyError(RearmError, ImportError):
-    """Drawing a figure needs the optional package matplotlib."""
 
 
 def new_figure(width: float, height: float) -> Tuple[Any, Any]:
