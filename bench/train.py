@@ -1,0 +1,761 @@
+"""Training and evaluation cost of REARM inside MMRec against the official REARM code.
+
+One command measures both implementations on the same data, hyper-parameters and machine and
+writes a markdown report::
+
+    python bench/train.py --dataset baby [--batches 5] [--out bench/results/train.md]
+
+What happens:
+
+1. A temporary work folder receives the dataset twice: as an MMRec dataset folder inside a
+   throw-away ``git clone`` of the MMRec checkout (``$MMREC_SRC`` or ``~/MMRec``; never the checkout
+   itself) into which ``mmrec_rearm.install.install`` wrote our shim and YAML files, and in the
+   official layout (``data/<name>/{train,valid,test}.npy``, each ``(2, n)`` int64 rows [user; item],
+   ids contiguous from 0). Both sides get the *same* seeded random float32 item features
+   (4096-d image, 384-d text; timing only, never quality).
+2. The official code (``$REARM_OFFICIAL_SRC`` or ``~/REARM-official``, a clone of
+   MrShouxingMa/REARM with the Python 3.11 fix of docs/testing.md) runs in its own process with the
+   official per-dataset settings: dataset + graph construction (``Load_dataset``), the two
+   evaluation loaders, model construction, AdamW. Then one warm-up batch and ``--batches`` timed
+   training batches drawn by its own ``DataLoader`` (forward + loss, backward and optimiser step
+   timed separately); the epoch time is *extrapolated* as (batches per epoch) x (mean time of the
+   timed batches). Then one full evaluation (valid + test) with the official ``evaluate_model``.
+3. Ours runs in its own process through MMRec's own objects (``Config``, ``RecDataset``,
+   ``TrainDataLoader``, ``EvalDataLoader``, ``get_model``, ``Trainer``): model construction with a
+   fresh graph cache (graphs built, timed separately), one *real* full epoch through
+   ``Trainer._train_epoch`` (forward and optimiser step timed by wrappers, the rest is backward and
+   trainer bookkeeping), then ``Trainer.evaluate`` on valid and on test. A third, small process
+   constructs the model again against the now warm cache (the cost of every later run).
+4. Peak RSS is ``ru_maxrss`` of each measuring process (its own; children such as DataLoader
+   workers are reported apart).
+
+Targets (issue 3): ours <= 0.5x the official epoch, <= 0.3x its valid+test evaluation and
+<= 0.5x its peak memory, with our faithful defaults. See bench/results/train.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "bench" / "results" / "train.md"
+IMAGE_DIM, TEXT_DIM = 4096, 384
+FEATURE_SEED = 2025
+
+# Official per-dataset settings (README of MrShouxingMa/REARM; the rest are parser.py defaults).
+OFFICIAL_SETTINGS: Dict[str, dict] = {
+    "baby": dict(n_layers=4, reg_weight=5e-4, rank=3, s_drop=0.4, m_drop=0.6, u_mm_image_weight=0.2,
+                 i_mm_image_weight=0.0, uu_co_weight=0.4, ii_co_weight=0.2, user_knn_k=40, item_knn_k=10,
+                 n_ii_layers=1, n_uu_layers=1, cl_tmp=0.6, cl_loss_weight=5e-6, diff_loss_weight=5e-5),
+    "sports": dict(n_layers=5, reg_weight=0.05, rank=7, s_drop=1.0, m_drop=0.2, u_mm_image_weight=0.0,
+                   i_mm_image_weight=0.2, uu_co_weight=0.9, ii_co_weight=0.2, user_knn_k=25, item_knn_k=5,
+                   n_ii_layers=2, n_uu_layers=2, cl_tmp=1.5, cl_loss_weight=1e-3, diff_loss_weight=5e-4),
+    "clothing": dict(n_layers=4, reg_weight=1e-5, rank=3, s_drop=0.4, m_drop=0.1, u_mm_image_weight=0.1,
+                     i_mm_image_weight=0.1, uu_co_weight=0.7, ii_co_weight=0.1, user_knn_k=45,
+                     item_knn_k=10, n_ii_layers=1, n_uu_layers=1, cl_tmp=0.03, cl_loss_weight=1e-6,
+                     diff_loss_weight=1e-5),
+}
+OFFICIAL_COMMON = dict(embedding_dim=64, learning_rate=5e-5, batch_size=2048, eval_batch_size=8192,
+                       seed=2025, topk=[10, 20], metrics=["Precision", "Recall", "NDCG"],
+                       valid_metric="Recall@20", user_aggr_mode="softmax")
+TARGETS = {"epoch": 0.5, "evaluation": 0.3, "peak_rss": 0.5}
+# Keys of MMRec's config recorded for ours (whatever our REARM.yaml / preset sets).
+OUR_CONFIG_KEYS = ("embedding_size", "learning_rate", "learner", "weight_decay", "weight_decay_mode",
+                   "train_batch_size", "eval_batch_size", "seed", "attention", "train_raw_features",
+                   "meta_input_grad", "ablation", "modalities", "cooc_padding", "cooc_empty", "knn_self")
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# =============================================================================================
+# Data preparation (parent process)
+
+
+def read_inter(path: Path) -> np.ndarray:
+    """(n, 3) int64 [user, item, x_label] of an MMRec .inter file (header required)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, sep="\t", usecols=["userID", "itemID", "x_label"])
+    return frame[["userID", "itemID", "x_label"]].to_numpy(dtype=np.int64)
+
+
+def prepare(dataset: str, data_dir: Path, work: Path, mmrec_src: Path) -> dict:
+    """Write the dataset for both sides; return its statistics and where things are."""
+    from mmrec_rearm import install as inst
+
+    t0 = now()
+    table = read_inter(data_dir / f"{dataset}.inter")
+    users, items, labels = table[:, 0], table[:, 1], table[:, 2]
+    user_ids, users = np.unique(users, return_inverse=True)
+    item_ids, items = np.unique(items, return_inverse=True)
+    reindexed = not (user_ids[-1] + 1 == len(user_ids) and item_ids[-1] + 1 == len(item_ids))
+    n_users, n_items = len(user_ids), len(item_ids)
+    rng = np.random.default_rng(FEATURE_SEED)
+    image = rng.random((n_items, IMAGE_DIM), dtype=np.float32)
+    text = rng.random((n_items, TEXT_DIM), dtype=np.float32)
+
+    # MMRec side: a temporary clone with our files installed and the dataset in its data folder.
+    clone = work / "MMRec"
+    subprocess.run(["git", "clone", "-q", str(mmrec_src), str(clone)], check=True)
+    inst.install(clone, report=None)
+    mm_folder = clone / "data" / dataset
+    mm_folder.mkdir(parents=True, exist_ok=True)
+    if reindexed:
+        import pandas as pd
+
+        pd.DataFrame({"userID": users, "itemID": items, "rating": 1, "timestamp": 0,
+                      "x_label": labels}).to_csv(mm_folder / f"{dataset}.inter", sep="\t", index=False)
+    else:
+        shutil.copyfile(data_dir / f"{dataset}.inter", mm_folder / f"{dataset}.inter")
+    np.save(mm_folder / "image_feat.npy", image)
+    np.save(mm_folder / "text_feat.npy", text)
+    if not (clone / "src" / "configs" / "dataset" / f"{dataset}.yaml").is_file():
+        raise SystemExit(f"{clone}/src/configs/dataset/{dataset}.yaml missing: MMRec has no dataset "
+                         f"config for {dataset!r}, and mmrec-rearm does not ship one")
+
+    # Official side: ./data/<name>/{train,valid,test}.npy + the same feature files.
+    off_root = work / "official"
+    off_folder = off_root / "data" / dataset
+    off_folder.mkdir(parents=True)
+    counts = {}
+    for code, split in enumerate(("train", "valid", "test")):
+        keep = labels == code
+        np.save(off_folder / f"{split}.npy", np.vstack((users[keep], items[keep])).astype(np.int64))
+        counts[split] = int(keep.sum())
+    for name in ("image_feat.npy", "text_feat.npy"):
+        os.symlink(mm_folder / name, off_folder / name)
+    return {"dataset": dataset, "source": str(data_dir / f"{dataset}.inter"), "n_users": n_users,
+            "n_items": n_items, "rows": counts, "reindexed": reindexed, "image_dim": IMAGE_DIM,
+            "text_dim": TEXT_DIM, "feature_seed": FEATURE_SEED, "clone": str(clone),
+            "official_root": str(off_root), "seconds": now() - t0}
+
+
+# =============================================================================================
+# Worker: the official code (runs with cwd = <work>/official)
+
+
+def official_config(dataset: str):
+    import torch
+
+    s = dict(OFFICIAL_COMMON, **OFFICIAL_SETTINGS[dataset])
+    cpu = os.cpu_count() or 1
+    return types.SimpleNamespace(
+        device=torch.device("cpu"), dataset=dataset, num_user_co=s["user_knn_k"],
+        num_item_co=s["item_knn_k"], num_workers=min(cpu // 2, 8), writer=False, **s)
+
+
+def run_official(args) -> dict:
+    import warnings
+
+    import torch
+
+    official = Path(args.official_src)
+    sys.path.insert(0, str(official))
+    from utils import data_loader, helper  # noqa: E402  (official modules)
+    from utils.evaluator import evaluate_model  # noqa: E402
+    import model as official_model  # noqa: E402
+
+    warnings.simplefilter("ignore")  # torch.sparse.FloatTensor deprecation warnings
+    config = official_config(args.dataset)
+    helper.init_seed(config.seed)
+    res: dict = {"threads": torch.get_num_threads(), "num_workers": config.num_workers,
+                 "settings": {k: v for k, v in vars(config).items() if k != "device"}}
+    rss: Dict[str, float] = {}
+
+    t = now()
+    dataset = data_loader.Load_dataset(config)
+    res["load_dataset_s"] = now() - t
+    rss["after Load_dataset (graphs)"] = peak_rss_mb()
+    say(f"official: Load_dataset {res['load_dataset_s']:.1f}s, peak {rss['after Load_dataset (graphs)']:.0f} MB")
+    t = now()
+    valid_rows, test_rows = dataset.load_eval_data()
+    valid_data = data_loader.Load_eval_dataset("Validation", config, valid_rows)
+    test_data = data_loader.Load_eval_dataset("Testing", config, test_rows)
+    res["eval_loaders_s"] = now() - t
+    t = now()
+    net = official_model.REARM(config, dataset).to(config.device)
+    res["model_init_s"] = now() - t
+    optimizer = torch.optim.AdamW(net.parameters(), config.learning_rate, weight_decay=config.reg_weight)
+    res["parameters"] = int(sum(p.numel() for p in net.parameters()))
+    rss["after model construction"] = peak_rss_mb()
+    say(f"official: eval loaders {res['eval_loaders_s']:.1f}s, model {res['model_init_s']:.1f}s, "
+        f"{res['parameters']:,} parameters")
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                                         num_workers=config.num_workers)
+    res["batches_per_epoch"] = len(loader)
+    res["train_rows"] = len(dataset)
+    net.train()
+    rows: List[dict] = []
+    batches = iter(loader)
+    for index in range(args.batches + 1):  # batch 0 is the warm-up
+        t = now()
+        users, items = next(batches)
+        t_data = now() - t
+        t = now()
+        optimizer.zero_grad()
+        total, bpr, reg, cl, diff = net.loss(users, items)
+        if torch.isnan(total):
+            raise SystemExit(f"official loss is NaN at batch {index}")
+        t_fwd = now() - t
+        t = now()
+        total.backward()
+        t_bwd = now() - t
+        t = now()
+        optimizer.step()
+        t_opt = now() - t
+        rows.append({"data": t_data, "forward": t_fwd, "backward": t_bwd, "optimiser": t_opt,
+                     "loss": float(total), "terms": [float(bpr), float(reg), float(cl), float(diff)]})
+        say(f"official: batch {index}{' (warm-up)' if index == 0 else ''}: data {t_data:.2f}s "
+            f"forward {t_fwd:.2f}s backward {t_bwd:.2f}s optimiser {t_opt:.2f}s loss {float(total):.4f}")
+    del batches  # stop the DataLoader worker
+    res["batches"] = rows
+    rss["after training batches"] = peak_rss_mb()
+
+    harness = types.SimpleNamespace(model=net, topk=config.topk, metrics=config.metrics,
+                                    valid_metric=config.valid_metric, writer=None)
+    t = now()
+    _, valid_result = evaluate_model(harness, 0, valid_data, t_or_v="valid")
+    res["eval_valid_s"] = now() - t
+    t = now()
+    _, test_result = evaluate_model(harness, 0, test_data, t_or_v="test")
+    res["eval_test_s"] = now() - t
+    res["valid_result"], res["test_result"] = valid_result, test_result
+    rss["after evaluation"] = peak_rss_mb()
+    say(f"official: evaluation valid {res['eval_valid_s']:.2f}s test {res['eval_test_s']:.2f}s")
+    res["rss_mb"] = rss
+    res["peak_rss_mb"] = peak_rss_mb()
+    res["children_peak_rss_mb"] = peak_rss_mb(resource.RUSAGE_CHILDREN)
+    return res
+
+
+# =============================================================================================
+# Worker: ours through MMRec's own objects (runs with cwd = <clone>/src)
+
+
+def _mmrec_setup(args, extra: Optional[dict] = None):
+    sys.path.insert(0, os.getcwd())
+    from utils.configurator import Config  # noqa: E402  (MMRec modules)
+    from utils.dataloader import EvalDataLoader, TrainDataLoader  # noqa: E402
+    from utils.dataset import RecDataset  # noqa: E402
+    from utils.logger import init_logger  # noqa: E402
+    from utils.utils import init_seed  # noqa: E402
+
+    # A fresh graph cache chosen by the parent (MMREC_REARM_CACHE_DIR), also named in the config.
+    cache = {"rearm_cache_dir": os.environ["MMREC_REARM_CACHE_DIR"]} if "MMREC_REARM_CACHE_DIR" in os.environ else {}
+    config = Config("REARM", args.dataset, {"use_gpu": False, "epochs": 1, **cache, **(extra or {})})
+    # The first point of any grid the YAML files declare, as quick_start's first run would use.
+    for name in config["hyper_parameters"]:
+        value = config[name]
+        config[name] = value[0] if isinstance(value, list) and value else value
+    init_logger(config)
+    init_seed(config["seed"])
+    t = now()
+    dataset = RecDataset(config)
+    str(dataset)
+    train_ds, valid_ds, test_ds = dataset.split()
+    for part in (train_ds, valid_ds, test_ds):
+        str(part)  # sets inter_num, which the loaders read
+    train_data = TrainDataLoader(config, train_ds, batch_size=config["train_batch_size"], shuffle=True)
+    valid_data = EvalDataLoader(config, valid_ds, additional_dataset=train_ds,
+                                batch_size=config["eval_batch_size"])
+    test_data = EvalDataLoader(config, test_ds, additional_dataset=train_ds,
+                               batch_size=config["eval_batch_size"])
+    data_s = now() - t
+    train_data.pretrain_setup()
+    return config, train_data, valid_data, test_data, data_s
+
+
+class _Captured(logging.Handler):
+    """Keeps the messages our package logs (the model reports its graph build time)."""
+
+    def __init__(self):
+        super().__init__(level=logging.INFO)
+        self.lines: List[str] = []
+
+    def emit(self, record) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _capture_our_logs() -> _Captured:
+    handler = _Captured()
+    package_logger = logging.getLogger("mmrec_rearm")
+    package_logger.addHandler(handler)
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    return handler
+
+
+def _graph_time(lines: List[str]) -> Optional[dict]:
+    """(seconds, hit) from the model's "REARM graphs built|read from the cache in X s" line."""
+    import re
+
+    for line in lines:
+        found = re.search(r"REARM graphs (built|read from the cache) in ([\d.]+) s", line)
+        if found:
+            return {"seconds": float(found.group(2)), "hit": found.group(1) != "built"}
+    return None
+
+
+def run_ours(args) -> dict:
+    import torch
+
+    config, train_data, valid_data, test_data, data_s = _mmrec_setup(args)
+    from utils.utils import get_model, get_trainer  # noqa: E402
+
+    res: dict = {"threads": torch.get_num_threads(), "data_loaders_s": data_s,
+                 "config": {k: _plain(config[k]) for k in OUR_CONFIG_KEYS if config[k] is not None},
+                 "cache_dir": os.environ.get("MMREC_REARM_CACHE_DIR")}
+    rss: Dict[str, float] = {"after MMRec data loaders": peak_rss_mb()}
+    say(f"ours: MMRec dataset + loaders {data_s:.1f}s")
+    captured = _capture_our_logs()
+    t = now()
+    model = get_model("REARM")(config, train_data).to(config["device"])
+    res["model_init_s"] = now() - t
+    res["graph"] = _graph_time(captured.lines)
+    res["model_log"] = captured.lines[:40]
+    res["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    res["trainable_parameters"] = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    rss["after model construction"] = peak_rss_mb()
+    say(f"ours: model construction incl. graph build (cold cache) {res['model_init_s']:.1f}s, "
+        f"{res['parameters']:,} parameters ({res['trainable_parameters']:,} trainable)")
+    trainer = get_trainer()(config, model)
+    res["optimiser"] = type(trainer.optimizer).__name__
+
+    timers = {"data": 0.0, "forward": 0.0, "optimiser": 0.0, "batches": 0}
+    step = trainer.optimizer.step
+
+    def timed_step(*a, **k):
+        t0 = now()
+        out = step(*a, **k)
+        timers["optimiser"] += now() - t0
+        return out
+
+    def timed_loss(interaction):
+        t0 = now()
+        out = model.calculate_loss(interaction)
+        timers["forward"] += now() - t0
+        timers["batches"] += 1
+        return out
+
+    class TimedBatches:
+        """Iterates the real TrainDataLoader, timing how long each batch takes to arrive."""
+
+        def __iter__(self):
+            source = iter(train_data)
+            while True:
+                t0 = now()
+                try:
+                    batch = next(source)
+                except StopIteration:
+                    return
+                timers["data"] += now() - t0
+                yield batch
+
+    limit = args.our_batches
+    if limit:
+        def limited():
+            for i, batch in enumerate(TimedBatches()):
+                if i >= limit:
+                    return
+                yield batch
+        batches = limited()
+    else:
+        batches = TimedBatches()
+    trainer.optimizer.step = timed_step
+    model.pre_epoch_processing()
+    t = now()
+    losses, _ = trainer._train_epoch(batches, 0, loss_func=timed_loss)
+    epoch_s = now() - t
+    trainer.optimizer.step = step
+    if torch.is_tensor(losses):
+        raise SystemExit("ours: loss is NaN during the epoch")
+    res["batches_per_epoch"] = len(train_data)
+    res["timed_batches"] = timers["batches"]
+    res["epoch_measured_s"] = epoch_s
+    res["epoch_s"] = epoch_s if not limit else epoch_s / timers["batches"] * len(train_data)
+    res["epoch_parts_s"] = {"data": timers["data"], "forward": timers["forward"],
+                            "optimiser": timers["optimiser"],
+                            "backward": epoch_s - timers["data"] - timers["forward"] - timers["optimiser"]}
+    res["loss_terms"] = [float(x) / max(timers["batches"], 1) for x in
+                         (losses if isinstance(losses, tuple) else (losses,))]
+    rss["after training epoch"] = peak_rss_mb()
+    say(f"ours: epoch {epoch_s:.1f}s over {timers['batches']} batches "
+        f"(forward {timers['forward']:.1f}s, optimiser {timers['optimiser']:.1f}s, data {timers['data']:.1f}s)")
+    trainer.lr_scheduler.step()
+    model.post_epoch_processing()
+
+    t = now()
+    res["valid_result"] = trainer.evaluate(valid_data)
+    res["eval_valid_s"] = now() - t
+    t = now()
+    res["test_result"] = trainer.evaluate(test_data)
+    res["eval_test_s"] = now() - t
+    rss["after evaluation"] = peak_rss_mb()
+    say(f"ours: evaluation valid {res['eval_valid_s']:.2f}s test {res['eval_test_s']:.2f}s")
+    res["rss_mb"] = rss
+    res["peak_rss_mb"] = peak_rss_mb()
+    res["children_peak_rss_mb"] = peak_rss_mb(resource.RUSAGE_CHILDREN)
+    return res
+
+
+def run_ours_warm(args) -> dict:
+    """Model construction again, against the cache the previous process filled."""
+    config, train_data, _, _, data_s = _mmrec_setup(args)
+    from utils.utils import get_model  # noqa: E402
+
+    captured = _capture_our_logs()
+    t = now()
+    get_model("REARM")(config, train_data)
+    res = {"model_init_s": now() - t, "data_loaders_s": data_s, "peak_rss_mb": peak_rss_mb(),
+           "graph": _graph_time(captured.lines)}
+    say(f"ours: model construction with a warm cache {res['model_init_s']:.1f}s")
+    return res
+
+
+def run_ours_profile(args) -> dict:
+    """torch.profiler over ``--profile`` training batches and one evaluation batch of ours."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    config, train_data, valid_data, _, _ = _mmrec_setup(args)
+    from utils.utils import get_model, get_trainer  # noqa: E402
+
+    model = get_model("REARM")(config, train_data).to(config["device"])
+    trainer = get_trainer()(config, model)
+    model.train()
+    batches = iter(train_data)
+    first = next(batches)  # warm-up outside the profile
+    trainer.optimizer.zero_grad()
+    sum(_as_tuple(model.calculate_loss(first))).backward()
+    trainer.optimizer.step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(args.profile):
+            batch = next(batches)
+            trainer.optimizer.zero_grad()
+            with record_function("## calculate_loss"):
+                loss = sum(_as_tuple(model.calculate_loss(batch)))
+            with record_function("## backward"):
+                loss.backward()
+            with record_function("## optimiser"):
+                trainer.optimizer.step()
+        model.eval()
+        with torch.no_grad(), record_function("## full_sort_predict (first eval batch)"):
+            model.full_sort_predict(next(iter(valid_data)))
+    table_self = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    table_shapes = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total",
+                                                                      row_limit=20)
+    print(table_self)
+    print(table_shapes)
+    return {"batches": args.profile, "by_op": table_self, "by_shape": table_shapes}
+
+
+def _as_tuple(losses):
+    return losses if isinstance(losses, tuple) else (losses,)
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+# =============================================================================================
+# Parent: orchestration and report
+
+
+def run_worker(kind: str, args, work: Path, cwd: Path, env: dict) -> dict:
+    result = work / f"{kind}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--dataset", args.dataset, "--batches",
+           str(args.batches), "--our-batches", str(args.our_batches), "--official-src",
+           str(args.official_src), "--profile", str(args.profile), "--worker", kind, "--result", str(result)]
+    log = work / f"{kind}.log"
+    load_before = os.getloadavg()
+    t = now()
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=handle, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print("  " + line, end="", flush=True)
+        code = proc.wait()
+    wall = now() - t
+    if code != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise SystemExit(f"{kind} worker failed (exit {code}); log {log}:\n{tail}")
+    res = json.loads(result.read_text())
+    res["wall_s"] = wall
+    res["load_before"] = load_before
+    res["load_after"] = os.getloadavg()
+    return res
+
+
+def git_head(folder: Path) -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short=10", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + (" + local changes" if dirty else "")
+    except (subprocess.CalledProcessError, OSError):
+        return "unknown"
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    import numpy
+    import pandas
+    import scipy
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "os": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "scipy": scipy.__version__, "pandas": pandas.__version__}
+
+
+def _fmt_s(x: Optional[float]) -> str:
+    return "n/a" if x is None else (f"{x:.2f} s" if x < 100 else f"{x:.0f} s")
+
+
+def report(args, info: dict, data: dict, off: dict, ours: dict, warm: Optional[dict], total_s: float) -> str:
+    b = off["batches"][1:] or off["batches"]
+    mean = {k: sum(r[k] for r in b) / len(b) for k in ("data", "forward", "backward", "optimiser")}
+    per_batch = sum(mean.values())
+    off_epoch = per_batch * off["batches_per_epoch"]
+    off_eval = off["eval_valid_s"] + off["eval_test_s"]
+    our_eval = ours["eval_valid_s"] + ours["eval_test_s"]
+    n_our = ours["timed_batches"]
+    our_parts = {k: v / max(n_our, 1) for k, v in ours["epoch_parts_s"].items()}
+    rows = []
+
+    def row(name, o, u, target=None, unit="s"):
+        ratio = u / o if o else float("nan")
+        met = "" if target is None else ("**yes**" if ratio <= target else "**no**")
+        tgt = "" if target is None else f"≤ {target:g}×"
+        if unit == "s":
+            fo, fu = _fmt_s(o), _fmt_s(u)
+        elif unit == "MB":
+            fo, fu = f"{o / 1024:.2f} GB", f"{u / 1024:.2f} GB"
+        else:
+            fo, fu = f"{o:,}", f"{u:,}"
+        rows.append(f"| {name} | {fo} | {fu} | {ratio:.3f}× | {tgt} | {met} |")
+
+    row("**training epoch**", off_epoch, ours["epoch_s"], TARGETS["epoch"])
+    row("**evaluation, valid + test**", off_eval, our_eval, TARGETS["evaluation"])
+    row("**peak RSS** (measuring process)", off["peak_rss_mb"], ours["peak_rss_mb"], TARGETS["peak_rss"], "MB")
+    row("per batch: forward + loss", mean["forward"], our_parts["forward"])
+    row("per batch: backward (ours: + trainer bookkeeping)", mean["backward"], our_parts["backward"])
+    row("per batch: optimiser step", mean["optimiser"], our_parts["optimiser"])
+    row("per batch: waiting for the batch (sampling)", mean["data"], our_parts["data"])
+    row("evaluation: valid", off["eval_valid_s"], ours["eval_valid_s"])
+    row("evaluation: test", off["eval_test_s"], ours["eval_test_s"])
+    row("dataset + graphs (official `Load_dataset`; ours: model construction, cold cache)",
+        off["load_dataset_s"] + off["model_init_s"], ours["model_init_s"])
+    row("parameters", off["parameters"], ours["parameters"], unit="n")
+
+    met_all = (ours["epoch_s"] / off_epoch <= TARGETS["epoch"] and our_eval / off_eval <= TARGETS["evaluation"]
+               and ours["peak_rss_mb"] / off["peak_rss_mb"] <= TARGETS["peak_rss"])
+    s = OFFICIAL_SETTINGS[args.dataset]
+    lines = [
+        "# REARM training benchmark: MMRec plug-in vs the official code",
+        "",
+        f"Produced by `python bench/train.py --dataset {args.dataset} --batches {args.batches}"
+        + (f" --our-batches {args.our_batches}" if args.our_batches else "")
+        + f"` on {time.strftime('%Y-%m-%d %H:%M %Z')}; whole run {total_s / 60:.1f} min. "
+        "Random features: these numbers are about speed and memory only, never about quality.",
+        "",
+        f"All three targets met: **{'yes' if met_all else 'no'}**.",
+        "",
+        "| measure | official | ours (MMRec) | ours / official | target | met |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "How each number was taken:",
+        "",
+        f"* **official epoch** = {off['batches_per_epoch']} batches per epoch × {per_batch:.2f} s, the mean of "
+        f"{len(b)} timed batches of {OFFICIAL_COMMON['batch_size']} (after one warm-up batch, "
+        f"{sum(off['batches'][0][k] for k in mean):.2f} s, not counted) drawn by the official `DataLoader` "
+        f"(num_workers={off['num_workers']}, as the official Config picks on this machine). Extrapolated, "
+        "not measured: every batch runs the full-graph forward, so its cost hardly depends on the batch "
+        "(the last, smaller batch costs about the same).",
+        f"* **our epoch** = one real full epoch through MMRec's `Trainer._train_epoch` ({n_our} batches"
+        + (f", extrapolated from {n_our} to {ours['batches_per_epoch']}" if args.our_batches else "")
+        + "); forward (`calculate_loss`) and the optimiser step are timed by wrappers, data by timing "
+        "the `TrainDataLoader`, backward is the remainder (including MMRec's per-batch `clone()` and "
+        "`.item()` calls).",
+        "* **evaluation** = the official `evaluate_model` on valid, then on test (the official "
+        "`full_sort_predict` runs the forward once per 8192-user batch), against MMRec's "
+        "`Trainer.evaluate` on valid, then on test (batches of "
+        f"{ours['config'].get('eval_batch_size', '?')} users), each after the training above.",
+        "* **peak RSS** = `ru_maxrss` of the measuring process, which holds everything from data "
+        "loading to evaluation (official: " + ", ".join(f"{k} {v / 1024:.2f} GB" for k, v in off["rss_mb"].items())
+        + f"; its DataLoader worker peaked at {off['children_peak_rss_mb'] / 1024:.2f} GB, not included. "
+        "Ours: " + ", ".join(f"{k} {v / 1024:.2f} GB" for k, v in ours["rss_mb"].items()) + ").",
+        f"* **graphs**: official `Load_dataset` {off['load_dataset_s']:.1f} s (co-occurrence, dict and kNN "
+        f"graphs) + `REARM.__init__` {off['model_init_s']:.1f} s (normalised adjacency, top-k sampling, "
+        f"fusion); its two evaluation loaders took another {off['eval_loaders_s']:.1f} s. Ours: model "
+        f"construction with a fresh, empty graph cache {ours['model_init_s']:.1f} s"
+        + (f", of which graphs {ours['graph']['seconds']:.1f} s (built, stored in the cache)"
+           if ours.get("graph") else "")
+        + (f"; again with the warm cache {warm['model_init_s']:.1f} s in a separate process"
+           + (f", graphs {'read from the cache' if warm['graph']['hit'] else 'BUILT AGAIN'} in "
+              f"{warm['graph']['seconds']:.2f} s" if warm.get("graph") else "") if warm else "")
+        + f"; MMRec's own dataset + loaders {ours['data_loaders_s']:.1f} s.",
+        "",
+        "## Setup",
+        "",
+        f"* Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM; {info['os']}; "
+        f"CPU only, torch threads: official {off['threads']}, ours {ours['threads']}.",
+        f"* Load average (1/5/15 min) before → after: official {_load(off['load_before'])} → "
+        f"{_load(off['load_after'])}; ours {_load(ours['load_before'])} → {_load(ours['load_after'])}.",
+        f"* Versions: Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, scipy "
+        f"{info['scipy']}, pandas {info['pandas']}. MMRec {info['mmrec_head']} (temporary clone, "
+        f"`mmrec_rearm.install` applied); official REARM {info['official_head']} (Python 3.11 fix of "
+        f"docs/testing.md); mmrec-rearm {info['our_head']}.",
+        f"* Data: `{data['source']}`: {data['n_users']:,} users, {data['n_items']:,} items, train / valid / "
+        f"test rows {data['rows']['train']:,} / {data['rows']['valid']:,} / {data['rows']['test']:,}"
+        + (" (ids re-indexed to be contiguous)" if data["reindexed"] else "")
+        + f"; features uniform random float32 in [0, 1), image {data['image_dim']}-d and text "
+        f"{data['text_dim']}-d, seed {data['feature_seed']}, identical for both sides.",
+        f"* Official settings ({args.dataset}, README): "
+        + ", ".join(f"{k}={v}" for k, v in s.items())
+        + f"; lr {OFFICIAL_COMMON['learning_rate']}, AdamW(weight_decay=reg_weight), batch "
+        f"{OFFICIAL_COMMON['batch_size']}, embedding {OFFICIAL_COMMON['embedding_dim']}, seed {OFFICIAL_COMMON['seed']}.",
+        "* Ours (MMRec config after our YAML files, `-d " + args.dataset + "`, defaults): "
+        + ", ".join(f"{k}={v}" for k, v in ours["config"].items()) + f"; MMRec optimiser {ours['optimiser']}. "
+        "The model logged: " + " / ".join(f"`{line}`" for line in ours.get("model_log", [])
+                                          if line.startswith("REARM") and "graphs" not in line) + ".",
+        f"* Losses (sanity): official first timed batch total {b[0]['loss']:.4f}; ours mean per-term "
+        f"{', '.join(f'{x:.4g}' for x in ours['loss_terms'])}. Metrics after one step/epoch (random "
+        f"features, meaningless): official valid Recall@20 {off['valid_result'].get('Recall@20')}, ours "
+        f"{ours['valid_result'].get('recall@20')}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _load(values) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def locate(env: str, default: str) -> Path:
+    configured = os.environ.get(env)
+    return Path(configured or default).expanduser()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="baby", choices=sorted(OFFICIAL_SETTINGS))
+    ap.add_argument("--data", type=Path, default=None,
+                    help="dataset folder with <dataset>.inter (default: ../shared/data/<dataset>)")
+    ap.add_argument("--batches", type=int, default=5,
+                    help="official training batches timed after one warm-up batch (default 5)")
+    ap.add_argument("--our-batches", type=int, default=0,
+                    help="time only this many of our batches and extrapolate (default 0: a real full epoch)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (default %(default)s)")
+    ap.add_argument("--official-src", type=Path, default=locate("REARM_OFFICIAL_SRC", "~/REARM-official"))
+    ap.add_argument("--mmrec", type=Path, default=locate("MMREC_SRC", "~/MMRec"),
+                    help="MMRec checkout (or its src/); only a temporary clone is modified")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    ap.add_argument("--no-warm", action="store_true", help="skip the warm-cache model construction")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="instead of the benchmark: profile N of our training batches (torch.profiler)")
+    ap.add_argument("--only", choices=("official", "ours"),
+                    help="debugging: run one side only, print its JSON, write no report")
+    ap.add_argument("--worker", choices=("official", "ours", "ours_warm", "ours_profile"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        run = {"official": run_official, "ours": run_ours, "ours_warm": run_ours_warm,
+               "ours_profile": run_ours_profile}[args.worker]
+        args.result.write_text(json.dumps(run(args), indent=1, default=_plain))
+        return
+
+    mmrec = args.mmrec.parent if args.mmrec.name == "src" else args.mmrec
+    data_dir = args.data or (REPO.parent / "shared" / "data" / args.dataset)
+    for what, path in (("official REARM clone (REARM_OFFICIAL_SRC)", args.official_src / "model.py"),
+                       ("MMRec checkout (MMREC_SRC)", mmrec / "src" / "main.py"),
+                       ("dataset", data_dir / f"{args.dataset}.inter")):
+        if not path.is_file():
+            raise SystemExit(f"{what}: {path} not found")
+    started = now()
+    work = Path(tempfile.mkdtemp(prefix="rearm-bench-"))
+    try:
+        say(f"work folder {work}")
+        data = prepare(args.dataset, data_dir, work, mmrec)
+        say(f"data ready in {data['seconds']:.1f}s: {data['n_users']} users, {data['n_items']} items, "
+            f"{data['rows']}")
+        info = machine_info()
+        info.update(mmrec_head=git_head(mmrec), official_head=git_head(args.official_src),
+                    our_head=git_head(REPO))
+        env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore",
+                   MMREC_REARM_CACHE_DIR=str(work / "graph-cache"))
+        src = Path(data["clone"]) / "src"
+        if args.profile:
+            res = run_worker("ours_profile", args, work, src, env)
+            print(res["by_op"])
+            return
+        if args.only:
+            cwd = Path(data["official_root"]) if args.only == "official" else src
+            print(json.dumps(run_worker(args.only, args, work, cwd, env), indent=1, default=_plain))
+            return
+        say("official code:")
+        off = run_worker("official", args, work, Path(data["official_root"]), env)
+        say("ours (MMRec):")
+        ours = run_worker("ours", args, work, src, env)
+        warm = None if args.no_warm else run_worker("ours_warm", args, work, src, env)
+        text = report(args, info, data, off, ours, warm, now() - started)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        (args.out.with_suffix(".json")).write_text(json.dumps(
+            {"info": info, "data": data, "official": off, "ours": ours, "ours_warm": warm}, indent=1,
+            default=_plain))
+        print("\n" + text)
+        say(f"written {args.out}")
+    finally:
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
