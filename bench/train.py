@@ -445,14 +445,44 @@ def run_ours_profile(args) -> dict:
     config, train_data, valid_data, _, _ = _mmrec_setup(args)
     from utils.utils import get_model, get_trainer  # noqa: E402
 
+    memory = [("after MMRec data loaders", *_rss_now())]
     model = get_model("REARM")(config, train_data).to(config["device"])
     trainer = get_trainer()(config, model)
+    memory.append(("after model + trainer construction", *_rss_now()))
     model.train()
     batches = iter(train_data)
-    first = next(batches)  # warm-up outside the profile
-    trainer.optimizer.zero_grad()
-    sum(_as_tuple(model.calculate_loss(first))).backward()
-    trainer.optimizer.step()
+    for index in range(2):  # warm-up outside the profile; memory stages of two plain batches
+        batch = next(batches)
+        trainer.optimizer.zero_grad()
+        memory.append((f"batch {index}: after zero_grad", *_rss_now()))
+        loss = sum(_as_tuple(model.calculate_loss(batch)))
+        memory.append((f"batch {index}: after forward + loss", *_rss_now()))
+        loss.backward()
+        del loss
+        memory.append((f"batch {index}: after backward", *_rss_now()))
+        trainer.optimizer.step()
+        memory.append((f"batch {index}: after optimiser step", *_rss_now()))
+    predict = model.full_sort_predict
+    spent = {"full_sort_predict": 0.0}
+
+    def timed_predict(interaction):
+        t0 = now()
+        out = predict(interaction)
+        spent["full_sort_predict"] += now() - t0
+        return out
+
+    model.full_sort_predict = timed_predict
+    t = now()
+    trainer.evaluate(valid_data)
+    evaluation = {"valid_total_s": now() - t, "full_sort_predict_s": spent["full_sort_predict"]}
+    model.full_sort_predict = predict
+    memory.append(("after evaluation (valid)", *_rss_now()))
+    lines = [f"{name:40s} current {cur / 1024:6.2f} GB   peak so far {hwm / 1024:6.2f} GB"
+             for name, cur, hwm in memory]
+    lines.append(f"evaluate(valid): {evaluation['valid_total_s']:.2f} s, of which full_sort_predict "
+                 f"{evaluation['full_sort_predict_s']:.2f} s (the rest: MMRec masking, topk, metrics)")
+    print("\n".join(lines), flush=True)
+    model.train()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.profile):
             batch = next(batches)
@@ -471,7 +501,18 @@ def run_ours_profile(args) -> dict:
                                                                       row_limit=20)
     print(table_self)
     print(table_shapes)
-    return {"batches": args.profile, "by_op": table_self, "by_shape": table_shapes}
+    return {"batches": args.profile, "by_op": table_self, "by_shape": table_shapes,
+            "memory": "\n".join(lines), "evaluation": evaluation}
+
+
+def _rss_now() -> tuple:
+    """(current RSS, peak RSS) of this process in MB, from /proc/self/status."""
+    values = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                values[line.split(":")[0]] = int(line.split()[1]) / 1024.0
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
 
 
 def _as_tuple(losses):
@@ -731,6 +772,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         src = Path(data["clone"]) / "src"
         if args.profile:
             res = run_worker("ours_profile", args, work, src, env)
+            print(res["memory"])
             print(res["by_op"])
             return
         if args.only:
