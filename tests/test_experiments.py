@@ -403,6 +403,30 @@ def test_compare_through_the_runner_subprocess(tmp_path):
     assert report.summaries["A"].selected.config == {"v": 0.3, "t": 0.3}
 
 
+def test_user_graph_key_missing_from_dataset_yaml_is_passed_to_the_runs(tmp_path):
+    # DRAGON joins the data folder with config['user_graph_dict_file']; a dataset YAML without the
+    # key (e.g. one written before the model was added) must not make it crash on None.
+    root = make_fake_mmrec(tmp_path / "mmrec", {"G": "user_graph: 1\n"})
+    yaml_path = mmrec_src(root) / "configs" / "dataset" / "toy.yaml"
+    yaml_path.write_text("USER_ID_FIELD: userID\ninter_file_name: 'toy.inter'\n")
+    seen, lines = [], []
+
+    def run(spec, extra, on_event):
+        seen.append(dict(extra))
+        return {"status": "ok", "valid": {"recall@20": 0.1}, "test": {"recall@20": 0.1}, "best_epoch": 0,
+                "wall_s": 0.1}
+
+    compare(root, "toy", ["G"], run_fn=run, results_dir=tmp_path / "res", progress=lines.append, target="")
+    assert seen == [{"user_graph_dict_file": "user_graph_dict.npy"}]
+    assert (root / "data" / "toy" / "user_graph_dict.npy").is_file()
+    assert any("has no user_graph_dict_file" in line for line in lines)
+
+    seen.clear()  # with the key in the YAML nothing is added
+    yaml_path.write_text("USER_ID_FIELD: userID\ninter_file_name: 'toy.inter'\nuser_graph_dict_file: 'ug.npy'\n")
+    compare(root, "toy", ["G"], seeds=[5], run_fn=run, results_dir=tmp_path / "res", progress=None, target="")
+    assert seen == [{}] and (root / "data" / "toy" / "ug.npy").is_file()
+
+
 def test_runner_reports_a_crashed_process(tmp_path):
     root = make_fake_mmrec(tmp_path / "mmrec", {"A": MODEL_A})
     spec = RunSpec("toy", "A", {"crash": True}, 1, None)

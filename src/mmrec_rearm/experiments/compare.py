@@ -138,15 +138,26 @@ def _ensure_dataset(src: Path, dataset: str, data_dir: Optional[Path], results_r
 
 
 def _prepare_user_graph(src: Path, folder: Path, dataset: str, models: Sequence[str], k: int,
-                        progress: Progress) -> None:
+                        progress: Progress) -> Dict[str, Any]:
+    """Build the user graph file DRAGON/DualGNN read, if missing -> extra config for every run.
+
+    MMRec's own dataset YAMLs name the file (``user_graph_dict_file``); a YAML without the key
+    makes those models fail on ``os.path.join(..., None)``, so the key is then passed to the runs."""
     needing = [m for m in models if uses_user_graph(src, m)]
     if not needing:
-        return
+        return {}
     config = merged_config(src, needing[0], dataset)
-    name = str(config.get("user_graph_dict_file") or "user_graph_dict.npy")
+    extra: Dict[str, Any] = {}
+    name = config.get("user_graph_dict_file")
+    if not name:
+        name = "user_graph_dict.npy"
+        extra["user_graph_dict_file"] = name
+        progress(f"{dataset_yaml_path(src, dataset)} has no user_graph_dict_file, which "
+                 f"{', '.join(needing)} read; passing user_graph_dict_file={name} to the runs")
+    name = str(name)
     target = folder / name
     if target.exists():
-        return
+        return extra
     if not os.access(folder, os.W_OK):
         raise DatasetError(f"{folder}: {', '.join(needing)} need {name} here but the folder is read-only; "
                            "pass data_dir= (--data-dir) to work on a staged copy.")
@@ -154,6 +165,7 @@ def _prepare_user_graph(src: Path, folder: Path, dataset: str, models: Sequence[
     make_user_graph_dict(folder, k=k, inter_file=str(config.get("inter_file_name") or f"{dataset}.inter"),
                          file_name=name)
     progress(f"built {target} for {', '.join(needing)} in {time.time() - started:.1f} s")
+    return extra
 
 
 def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Union[int, Sequence[int]] = 1,
@@ -196,7 +208,7 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
     executed = skipped = failed = 0
     with store.exclusive():
         if execute:
-            _prepare_user_graph(src, folder, dataset, models, user_graph_k, say)
+            extra.update(_prepare_user_graph(src, folder, dataset, models, user_graph_k, say))
         latest = store.latest()
         total = len(plan.runs)
         done = sum(1 for s in plan.runs if latest.get(s.key, {}).get("status") == "ok")
