@@ -284,3 +284,13 @@ def test_attention_without_dropout_has_gradients():
     assert torch.autograd.gradcheck(lambda a, b, c: L.scalar_attention(a, b, c, 0.0, True, scale=0.5), (q, k, v))
     expected = (torch.softmax(0.5 * q[:, :, None] * k[:, None, :], -1) @ v[:, :, None]).squeeze(-1)
     torch.testing.assert_close(L.scalar_attention(q, k, v, 0.0, True, scale=0.5), expected)
+
+
+@pytest.mark.parametrize("m", [1, 8, 25, 4096])
+def test_dropout_mask_bit_packing_round_trips(m):
+    # the keep mask is stored 8 entries per byte between forward and backward
+    mask = torch.rand(7, m, generator=torch.Generator().manual_seed(m)) >= 0.4
+    packed = L._pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.shape == (7, (m + 7) // 8)
+    assert torch.equal(L._unpack_bits(packed, m), mask)
+    assert int(L._pack_bits(torch.tensor([[True, False, True] + [False] * 5]))[0, 0]) == 0b101

@@ -165,13 +165,15 @@ def test_users_without_training_items_give_finite_loss_and_scores(tmp_path):
 def test_full_sort_predict_computes_representations_once_per_evaluation(demo):
     model = demo.model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.eval()
+    sum(model.calculate_loss(demo.batch())).backward()
     start = model.representation_passes
     with torch.no_grad():
-        for split in range(2):  # MMRec: valid then test, batch by batch
+        for split in range(2):  # MMRec: valid then test, each evaluate() starting with eval()
+            model.eval()
             for chunk in np.array_split(demo.eval_users, 4):
                 model.full_sort_predict([torch.from_numpy(chunk), None])
     assert model.representation_passes == start + 1
+    assert all(p.grad is None for p in model.parameters())  # released for the evaluation
 
     model.train()  # MMRec's next epoch
     assert model._eval_cache is None
