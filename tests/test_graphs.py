@@ -566,3 +566,19 @@ def test_list_of_features_is_modality_order():
     for name in HomogeneousGraphs.GRAPH_NAMES:
         np.testing.assert_array_equal(getattr(by_list, name).toarray(), getattr(by_map, name).toarray())
     np.testing.assert_array_equal(by_list.item_semantic.toarray(), cosine_knn(FEAT, 2).toarray())
+
+
+def test_cooccurrence_counts_topk_exact_counts_order_and_keep():
+    # users 0..3 over items 0..3; common items: (0,1)=2, (0,2)=1, (2,3)=1, every other pair 0
+    r = sp.csr_matrix(np.array([[1, 1, 1, 0],
+                                [1, 1, 0, 0],
+                                [0, 0, 1, 1],
+                                [0, 0, 0, 1]], dtype=np.float32))
+    rows, cols, counts = graphs.cooccurrence_counts_topk(r, 2)
+    assert rows.tolist() == [0, 0, 1, 2, 2, 3]  # user 1 has a single co-occurring user
+    assert cols.tolist() == [1, 2, 0, 0, 3, 2]  # count desc, then id asc; self never listed
+    assert counts.tolist() == [2, 1, 2, 1, 1, 1]
+    rows, cols, counts = graphs.cooccurrence_counts_topk(r, 1, side="item")  # common users of items
+    assert list(zip(rows.tolist(), cols.tolist(), counts.tolist())) == [(0, 1, 2), (1, 0, 2), (2, 0, 1), (3, 2, 1)]
+    with pytest.raises(GraphParamError, match="keep=0"):
+        graphs.cooccurrence_counts_topk(r, 0)

@@ -274,6 +274,7 @@ def test_dataset_yaml_is_read_from_mmrec_working_directory(tmp_path, monkeypatch
     ({"modalities": "third"}, "'modalities' must be"),
     ({"train_raw_features": "yes"}, "must be true or false"),
     ({"weight_decay_mode": "adamw"}, "must be one of decoupled, coupled, l2"),
+    ({"malloc_mmap_threshold_mb": 64}, "'malloc_mmap_threshold_mb' must lie in"),
 ])
 def test_bad_settings_are_named(cfg, message):
     with pytest.raises(ConfigError, match=message):
@@ -476,3 +477,13 @@ def test_raw_tables_in_row_blocks_behave_like_one_table(demo, monkeypatch):
 def test_grid_in_the_dataset_yaml_is_explained():
     with pytest.raises(ConfigError, match="hides such a grid"):
         _settings({"dataset": "baby"}, dataset_yaml={"n_layers": [2, 3]})
+
+
+def test_mmap_threshold_setting_defaults_and_applies_on_glibc():
+    assert _settings({"dataset": "baby"}).malloc_mmap_threshold_mb == 4.0
+    assert _settings({"dataset": "baby", "malloc_mmap_threshold_mb": 0}).malloc_mmap_threshold_mb == 0.0
+    from mmrec_rearm.model import rearm as rearm_module
+    assert rearm_module._use_mmap_for_blocks_from(0) is False  # 0 leaves the allocator alone
+    import platform
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert rearm_module._use_mmap_for_blocks_from(4) is True

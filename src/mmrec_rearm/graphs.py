@@ -483,6 +483,47 @@ def _top_counts(counts: sp.csr_matrix, start: int, keep: int) -> Tuple[np.ndarra
     return rows_out + start, cols_out, vals_out
 
 
+def cooccurrence_counts_topk(interactions, keep: int, *, side: str = "user",
+                             block_size: Optional[int] = None, progress: Progress = None
+                             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each node's ``keep`` largest co-occurrence counts (the raw counts of eq. 1), self excluded.
+
+    ``interactions``: ``(n_users, n_items)`` training matrix (non-zero = interaction); ``side``
+    "user" counts common items of two users, "item" common users of two items. Computed from the
+    sparse product ``R R^T`` (items: ``R^T R``) a block of rows at a time, blocks bounded to
+    ~:data:`COOC_BLOCK_ENTRIES` product entries, so memory grows with the interactions, not n^2.
+
+    Returns ``(rows, cols, counts)``, int64 arrays of equal length: rows ascending, within a row
+    count descending then column ascending; a row has ``min(keep, its co-occurring nodes)``
+    entries. Shared by :func:`cooccurrence_topk` and DRAGON's user graph file (experiments).
+    """
+    if side not in _SIDES:
+        raise GraphParamError(f"side={side!r}: must be 'user' or 'item'.")
+    if keep < 1:
+        raise GraphParamError(f"keep={keep}: the number of co-occurring nodes kept per row must be at least 1.")
+    binary = _binary(interactions)
+    if side == "item":
+        binary = binary.T.tocsr()
+    # int32 counts are exact; the transposed copy makes each block one sparse product
+    nodes = sp.csr_matrix((np.ones(binary.nnz, dtype=np.int32), binary.indices, binary.indptr),
+                          shape=binary.shape)
+    others = nodes.T.tocsr()
+    upper = nodes @ np.diff(others.indptr).astype(np.int64)  # entries of each product row, at most
+    blocks = _cooc_blocks(np.asarray(upper, dtype=np.int64), block_size)
+
+    def produce(bounds):
+        s, e = bounds
+        return (nodes[s:e] @ others).tocsr()
+
+    def consume(bounds, counts):
+        return _top_counts(counts, bounds[0], keep)
+
+    parts = _run_blocks(blocks, produce, consume, produce_in_workers=True,
+                        report=_reporter(progress, f"{side}_cooccurrence", len(blocks)))
+    empty = np.zeros(0, dtype=np.int64)
+    return tuple(np.concatenate([p[i] for p in parts] or [empty]) for i in range(3))  # type: ignore[return-value]
+
+
 def cooccurrence_topk(interactions, k: int, *, side: str = "user", padding: str = "duplicate",
                       empty: str = "popular", seed: int = 0, block_size: Optional[int] = None,
                       progress: Progress = None) -> sp.csr_matrix:
@@ -510,32 +551,12 @@ def cooccurrence_topk(interactions, k: int, *, side: str = "user", padding: str 
     if empty not in _EMPTIES:
         raise GraphParamError(f"empty={empty!r}: must be one of {_EMPTIES}.")
     binary = _binary(interactions)
-    if side == "item":
-        binary = binary.T.tocsr()
-    n = binary.shape[0]
+    n = binary.shape[1] if side == "item" else binary.shape[0]
     k = _check_k(k, n, "user_knn_k" if side == "user" else "item_knn_k")
-    label = f"{side}_cooccurrence"
-    # int32 counts are exact; the transposed copy makes each block one sparse product
-    nodes = sp.csr_matrix((np.ones(binary.nnz, dtype=np.int32), binary.indices, binary.indptr),
-                          shape=binary.shape)
-    others = nodes.T.tocsr()
-    degrees = np.diff(nodes.indptr).astype(np.int64)
-    upper = nodes @ np.diff(others.indptr).astype(np.int64)  # entries of each product row, at most
-    keep = min(k, COOC_CANDIDATES)
-    blocks = _cooc_blocks(np.asarray(upper, dtype=np.int64), block_size)
-
-    def produce(bounds):
-        s, e = bounds
-        return (nodes[s:e] @ others).tocsr()
-
-    def consume(bounds, counts):
-        return _top_counts(counts, bounds[0], keep)
-
-    parts = _run_blocks(blocks, produce, consume, produce_in_workers=True,
-                        report=_reporter(progress, label, len(blocks)))
-    rows = np.concatenate([p[0] for p in parts])
-    cols = np.concatenate([p[1] for p in parts])
-    counts = np.concatenate([p[2] for p in parts]).astype(np.float64)
+    degrees = np.diff((binary.T.tocsr() if side == "item" else binary).indptr).astype(np.int64)
+    rows, cols, counts = cooccurrence_counts_topk(binary, min(k, COOC_CANDIDATES), side=side,
+                                                  block_size=block_size, progress=progress)
+    counts = counts.astype(np.float64)
     kept = np.bincount(rows, minlength=n)
 
     row_parts, col_parts, val_parts = [rows], [cols], [counts]

@@ -13,8 +13,8 @@ Format, as MMRec e775373 reads it (``models/dragon.py`` and ``models/dualgnn.py`
 * the user itself is never its own neighbour; ties in the count are ordered by user id.
 
 MMRec's ``preprocessing/dualgnn-gen-u-u-matrix.py`` computes the same counts with a Python double
-loop over user pairs and a dense ``n_users x n_users`` tensor; here it is ``R R^T`` on the sparse
-training matrix, a block of users at a time, so memory stays bounded by one block's row of counts.
+loop over user pairs and a dense ``n_users x n_users`` tensor; here they come from the sparse
+co-occurrence top-k that REARM's user graph uses (``R R^T``, a block of users at a time).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from ..data import read_interactions, training_matrix
 from ..errors import DatasetError
+from ..graphs import cooccurrence_counts_topk
 from .mmrec_config import dataset_folder, merged_config, mmrec_src
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -35,39 +36,21 @@ DEFAULT_NEIGHBOURS = 200
 
 
 def cooccurrence_neighbours(interactions: sp.csr_matrix, k: int = DEFAULT_NEIGHBOURS,
-                            block_rows: int = 2048) -> Dict[int, list]:
+                            block_rows: Optional[int] = None) -> Dict[int, list]:
     """Top-``k`` co-occurring users of every user, in ``user_graph_dict`` form.
 
     ``interactions``: ``(n_users, n_items)`` training matrix; any non-zero counts as one
     interaction. Returns ``{user: [neighbour ids (list of int), shared-item counts (list of float)]}``.
+    The counts and their order come from the REARM graph builder
+    (:func:`mmrec_rearm.graphs.cooccurrence_counts_topk`); ``block_rows`` forces its block size.
     """
     if k < 1:
         raise DatasetError(f"k={k}: the number of neighbours per user must be at least 1.")
-    binary = sp.csr_matrix(interactions, copy=True)
-    binary.eliminate_zeros()
-    binary.data = np.ones_like(binary.data, dtype=np.int32)
-    binary.sum_duplicates()
-    binary.data[:] = 1
-    transposed = binary.T.tocsr()
-    n_users = binary.shape[0]
-    graph: Dict[int, list] = {}
-    for start in range(0, n_users, block_rows):
-        stop = min(start + block_rows, n_users)
-        shared = (binary[start:stop] @ transposed).tocsr()
-        local = np.repeat(np.arange(stop - start), np.diff(shared.indptr))
-        cols, counts = shared.indices.astype(np.int64), shared.data
-        keep = (cols != local + start) & (counts > 0)
-        local, cols, counts = local[keep], cols[keep], counts[keep]
-        order = np.lexsort((cols, -counts, local))
-        local, cols, counts = local[order], cols[order], counts[order]
-        per_row = np.bincount(local, minlength=stop - start)
-        first = np.concatenate(([0], np.cumsum(per_row)[:-1]))
-        take = (np.arange(local.size) - first[local]) < k
-        cols, counts = cols[take], counts[take].astype(np.float64)
-        bounds = np.cumsum(np.minimum(per_row, k))[:-1]
-        for offset, (ids, weights) in enumerate(zip(np.split(cols, bounds), np.split(counts, bounds))):
-            graph[start + offset] = [ids.tolist(), weights.tolist()]
-    return graph
+    rows, cols, counts = cooccurrence_counts_topk(interactions, k, side="user", block_size=block_rows)
+    n_users = interactions.shape[0]
+    bounds = np.cumsum(np.bincount(rows, minlength=n_users))[:-1]
+    return {user: [ids.tolist(), weights.astype(np.float64).tolist()]
+            for user, (ids, weights) in enumerate(zip(np.split(cols, bounds), np.split(counts, bounds)))}
 
 
 def make_user_graph_dict(folder: PathLike, dataset: Optional[str] = None, *, k: int = DEFAULT_NEIGHBOURS,

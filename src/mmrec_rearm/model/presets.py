@@ -207,6 +207,7 @@ class RearmSettings:
     host_weight_decay: float
     cache_dir: Any
     graph: Dict[str, Any]
+    malloc_mmap_threshold_mb: float = 0.0
 
     @property
     def use_user_graph(self) -> bool:
@@ -356,4 +357,6 @@ def read_settings(config: Any, get: Callable[[str, Any], Any],
         host_weight_decay=_number("weight_decay", get("weight_decay", 0.0), float, 0.0),
         cache_dir=cache_dir,
         graph=graph,
+        malloc_mmap_threshold_mb=_number("malloc_mmap_threshold_mb", get("malloc_mmap_threshold_mb", 4),
+                                         float, 0.0, 32.0),
     )

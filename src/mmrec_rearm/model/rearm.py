@@ -155,6 +155,23 @@ def _binary_csr(matrix) -> sp.csr_matrix:
     return m
 
 
+def _use_mmap_for_blocks_from(megabytes: float) -> bool:
+    """Make glibc serve every allocation of at least ``megabytes`` MB by its own mmap (``mallopt(
+    M_MMAP_THRESHOLD)``), so it is returned to the OS as soon as it is freed. -> whether it applied.
+
+    Why: each training step allocates and frees hundreds of 4-32 MB activation and gradient
+    blocks; glibc's default threshold grows to 32 MB after the first such free, after which these
+    blocks are carved from the heap and the heap's high-water mark stays in the process's memory
+    (Baby: about 0.4 GB). The setting is process-wide and lasts for the process (MMRec runs one
+    model per process); the cost is fresh zeroed pages per block, about +10% time on Baby."""
+    if megabytes <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(megabytes * (1 << 20))))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def _return_free_heap_to_os() -> None:
     """Give freed heap pages back to the OS (glibc ``malloc_trim``; elsewhere a no-op).
 
@@ -197,6 +214,8 @@ class REARM(BaseRecommender):
         logger.info(s.summary())
         self._check_weight_decay(s)
 
+        if _use_mmap_for_blocks_from(s.malloc_mmap_threshold_mb):
+            logger.info("REARM: allocations >= %s MB use mmap (malloc_mmap_threshold_mb)", s.malloc_mmap_threshold_mb)
         inter = _binary_csr(dataloader.inter_matrix(form="coo"))
         if inter.shape != (self.n_users, self.n_items):
             raise DatasetError(f"interaction matrix has shape {inter.shape}, expected "
