@@ -163,7 +163,7 @@ def _use_mmap_for_blocks_from(megabytes: float) -> bool:
     blocks; glibc's default threshold grows to 32 MB after the first such free, after which these
     blocks are carved from the heap and the heap's high-water mark stays in the process's memory
     (Baby: about 0.4 GB). The setting is process-wide and lasts for the process (MMRec runs one
-    model per process); the cost is fresh zeroed pages per block, about +10% time on Baby."""
+    model per process); the cost is fresh zeroed pages per block (Baby: 3.34 -> 3.04 GB peak, 1.93 -> 2.43 s per batch)."""
     if megabytes <= 0 or not sys.platform.startswith("linux"):
         return False
     try:
