@@ -168,6 +168,49 @@ def _prepare_user_graph(src: Path, folder: Path, dataset: str, models: Sequence[
     return extra
 
 
+@dataclass(frozen=True)
+class QueuedRun:
+    """One run to do: ``label`` heads its progress line ("REARM [w/o uu] seed 999"), ``metric`` is
+    its model's validation metric."""
+    label: str
+    spec: RunSpec
+    metric: str
+
+
+def run_queue(queue: Sequence[QueuedRun], dataset: str, store: RunStore, latest: Dict[str, dict],
+              say: Progress, *, execute: bool, retry_failed: bool,
+              start: Callable[[RunSpec, Callable[[dict], None]], dict]) -> tuple:
+    """Run each queued run that has no ``ok`` record (and, with ``retry_failed=False``, no record at
+    all), appending its record to ``store`` before the next starts and updating ``latest`` (key ->
+    newest record). ``start(spec, on_event)`` runs one and returns its result dict. Called with the
+    store's lock held. -> ``(executed, skipped, failed)`` counts."""
+    executed = skipped = failed = 0
+    total = len(queue)
+    for index, item in enumerate(queue, start=1):
+        spec = item.spec
+        previous = latest.get(spec.key)
+        if previous is not None and (previous.get("status") == "ok" or not retry_failed):
+            skipped += 1
+            continue
+        head = f"run {index} of {total}: {item.label} config {_format_config(spec.config)}"
+        if not execute:
+            say(head + " - not run (execute=False)")
+            continue
+        say(head)
+        started = _now()
+        result = start(spec, _epoch_printer(say, item.metric))
+        record = {**result, "schema": SCHEMA, "key": spec.key, "config_id": spec.config_id,
+                  "dataset": dataset, "model": spec.model, "config": spec.config, "seed": spec.seed,
+                  "epochs": spec.epochs, "valid_metric": item.metric, "status": result.get("status", "failed"),
+                  "started": started, "finished": _now()}
+        store.append(record)
+        latest[spec.key] = record
+        executed += 1
+        failed += record["status"] != "ok"
+        say(_result_line(record, item.metric))
+    return executed, skipped, failed
+
+
 def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Union[int, Sequence[int]] = 1,
             epochs: Optional[int] = None, overrides: Sequence[str] = (), results_dir: PathLike = "results",
             python: str = sys.executable, *, data_dir: Optional[PathLike] = None, target: Optional[str] = "REARM",
@@ -205,7 +248,6 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
     for warning in plan.warnings:
         say(f"warning: {warning}")
     store = RunStore(results_dir, dataset)
-    executed = skipped = failed = 0
     with store.exclusive():
         if execute:
             extra.update(_prepare_user_graph(src, folder, dataset, models, user_graph_k, say))
@@ -214,33 +256,14 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
         done = sum(1 for s in plan.runs if latest.get(s.key, {}).get("status") == "ok")
         say(f"{dataset}: {total} runs planned ({', '.join(f'{m}: {len(plan.configs[m])} configuration(s)' for m in models)}"
             f" x {len(seed_values)} seed(s)); {done} already finished in {store.path}")
-        for index, spec in enumerate(plan.runs, start=1):
-            previous = latest.get(spec.key)
-            if previous is not None and (previous.get("status") == "ok" or not retry_failed):
-                skipped += 1
-                continue
-            head = f"run {index} of {total}: {spec.model} seed {spec.seed} config {_format_config(spec.config)}"
-            if not execute:
-                say(head + " - not run (execute=False)")
-                continue
-            say(head)
-            metric = plan.valid_metric[spec.model]
-            on_event = _epoch_printer(say, metric)
-            started = _now()
-            if run_fn is None:
-                result = launch(spec, src, python, results_root / "logs", extra=extra, save_model=save_model,
-                                on_event=on_event, timeout_s=timeout_s)
-            else:
-                result = run_fn(spec, extra, on_event)
-            record = {**result, "schema": SCHEMA, "key": spec.key, "config_id": spec.config_id,
-                      "dataset": dataset, "model": spec.model, "config": spec.config, "seed": spec.seed,
-                      "epochs": spec.epochs, "valid_metric": metric, "status": result.get("status", "failed"),
-                      "started": started, "finished": _now()}
-            store.append(record)
-            latest[spec.key] = record
-            executed += 1
-            failed += record["status"] != "ok"
-            say(_result_line(record, metric))
+        queue = [QueuedRun(f"{spec.model} seed {spec.seed}", spec, plan.valid_metric[spec.model])
+                 for spec in plan.runs]
+        executed, skipped, failed = run_queue(
+            queue, dataset, store, latest, say, execute=execute, retry_failed=retry_failed,
+            start=lambda spec, on_event: (
+                launch(spec, src, python, results_root / "logs", extra=extra, save_model=save_model,
+                       on_event=on_event, timeout_s=timeout_s)
+                if run_fn is None else run_fn(spec, extra, on_event)))
 
     records = [latest[s.key] for s in plan.runs if s.key in latest]
     summaries = summarise(records, plan.valid_metric, models)

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .compare import (Progress, RunFunction, _ensure_dataset, _epoch_printer, _format_config, _git_commit, _now,
-                      _result_line)
+from .compare import Progress, QueuedRun, RunFunction, _ensure_dataset, _git_commit, run_queue
 from .launch import launch
 from .mmrec_config import check_model, mmrec_src
 from .plan import Plan, RunSpec, build_plan, parse_overrides, seed_list
 from .stats import ModelSummary, summarise
-from .store import SCHEMA, RunStore
+from .store import RunStore
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -113,39 +112,19 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
                 queue.append((variant, spec))
 
     store = RunStore(results_dir, dataset)
-    executed = skipped = failed = 0
     with store.exclusive():
         latest = store.latest()
         total = len(queue)
         done = sum(1 for _, s in queue if latest.get(s.key, {}).get("status") == "ok")
         say(f"{dataset}: {total} {model} runs planned ({len(variants)} variant(s) x {len(seed_values)} seed(s)); "
             f"{done} already finished in {store.path}")
-        for index, (variant, spec) in enumerate(queue, start=1):
-            previous = latest.get(spec.key)
-            if previous is not None and (previous.get("status") == "ok" or not retry_failed):
-                skipped += 1
-                continue
-            head = f"run {index} of {total}: {model} [{variant.label}] seed {spec.seed} config {_format_config(spec.config)}"
-            if not execute:
-                say(head + " - not run (execute=False)")
-                continue
-            say(head)
-            metric = plans[variant.name].valid_metric[model]
-            started = _now()
-            if run_fn is None:
-                result = launch(spec, src, python, results_root / "logs", extra=extra,
-                                on_event=_epoch_printer(say, metric), timeout_s=timeout_s)
-            else:
-                result = run_fn(spec, extra, _epoch_printer(say, metric))
-            record = {**result, "schema": SCHEMA, "key": spec.key, "config_id": spec.config_id,
-                      "dataset": dataset, "model": spec.model, "config": spec.config, "seed": spec.seed,
-                      "epochs": spec.epochs, "valid_metric": metric, "status": result.get("status", "failed"),
-                      "started": started, "finished": _now()}
-            store.append(record)
-            latest[spec.key] = record
-            executed += 1
-            failed += record["status"] != "ok"
-            say(_result_line(record, metric))
+        executed, skipped, failed = run_queue(
+            [QueuedRun(f"{model} [{variant.label}] seed {spec.seed}", spec, plans[variant.name].valid_metric[model])
+             for variant, spec in queue],
+            dataset, store, latest, say, execute=execute, retry_failed=retry_failed,
+            start=lambda spec, on_event: (
+                launch(spec, src, python, results_root / "logs", extra=extra, on_event=on_event, timeout_s=timeout_s)
+                if run_fn is None else run_fn(spec, extra, on_event)))
 
     summaries: Dict[str, ModelSummary] = {}
     for variant in variants:
