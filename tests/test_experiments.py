@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mmrec_runtime_problem
 
 from mmrec_rearm.data import read_interactions
 from mmrec_rearm.errors import ConfigError, DatasetError, InstallError
@@ -605,15 +606,25 @@ def test_compare_stages_an_outside_data_dir_and_writes_its_yaml(tmp_path):
 # optional: one real MMRec run (LightGCN, 1 epoch, tiny synthetic data) in a copy of the checkout
 
 MMREC_SRC = Path(os.environ.get("MMREC_SRC", "~/MMRec/src")).expanduser()
-MMREC_PYTHON = os.environ.get("MMREC_PYTHON", "/work/venv-host/bin/python")
+#: the Python that runs MMRec in the subprocess: this one unless MMREC_PYTHON names another
+MMREC_PYTHON = os.environ.get("MMREC_PYTHON", sys.executable)
+
+
+def _mmrec_python_problem() -> str:
+    if not Path(MMREC_PYTHON).is_file():
+        return f"{MMREC_PYTHON} not found"
+    if MMREC_PYTHON == sys.executable:
+        return mmrec_runtime_problem()
+    return ""
 
 
 def test_real_mmrec_lightgcn_one_epoch_through_the_runner(tmp_path):
     if not (MMREC_SRC / "utils" / "quick_start.py").is_file():
         pytest.skip(f"REAL-MMREC SMOKE TEST SKIPPED: no MMRec checkout at {MMREC_SRC}; set MMREC_SRC to a clone's src/")
-    if not Path(MMREC_PYTHON).is_file():
-        pytest.skip(f"REAL-MMREC SMOKE TEST SKIPPED: {MMREC_PYTHON} not found; set MMREC_PYTHON to a Python "
-                    "with MMRec's requirements")
+    problem = _mmrec_python_problem()
+    if problem:
+        pytest.skip(f"REAL-MMREC SMOKE TEST SKIPPED: {MMREC_PYTHON} cannot run MMRec ({problem}); set MMREC_PYTHON to a "
+                    "Python with MMRec's pins (numpy<1.24, scipy<1.12, pandas, torchvision, lmdb) and this package")
     from mmrec_rearm.synth import make_demo_dataset
 
     clone = tmp_path / "MMRec"

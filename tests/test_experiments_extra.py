@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mmrec_runtime_problem
 
 torch = pytest.importorskip("torch")
 
@@ -467,7 +468,16 @@ def test_heatmap_finds_the_full_and_wo_ref_checkpoints_in_the_store(tiny, tmp_pa
 # optional: a real REARM run in a copy of a real MMRec checkout; its checkpoint reproduces MMRec's metric
 
 MMREC_SRC = Path(os.environ.get("MMREC_SRC", "~/MMRec/src")).expanduser()
-MMREC_PYTHON = os.environ.get("MMREC_PYTHON", "/work/venv-host/bin/python")
+#: the Python that runs MMRec in the subprocess: this one unless MMREC_PYTHON names another
+MMREC_PYTHON = os.environ.get("MMREC_PYTHON", sys.executable)
+
+
+def _mmrec_python_problem() -> str:
+    if not Path(MMREC_PYTHON).is_file():
+        return f"{MMREC_PYTHON} not found"
+    if MMREC_PYTHON == sys.executable:
+        return mmrec_runtime_problem()
+    return ""
 
 
 def _test_recall_at_20(loaded) -> float:
@@ -489,9 +499,10 @@ def _test_recall_at_20(loaded) -> float:
 def test_real_mmrec_rearm_checkpoint_reproduces_mmrecs_test_metric(tmp_path):
     if not (MMREC_SRC / "utils" / "quick_start.py").is_file():
         pytest.skip(f"REAL-MMREC TEST SKIPPED: no MMRec checkout at {MMREC_SRC}; set MMREC_SRC to a clone's src/")
-    if not Path(MMREC_PYTHON).is_file():
-        pytest.skip(f"REAL-MMREC TEST SKIPPED: {MMREC_PYTHON} not found; set MMREC_PYTHON to a Python "
-                    "with MMRec's requirements and this package")
+    problem = _mmrec_python_problem()
+    if problem:
+        pytest.skip(f"REAL-MMREC TEST SKIPPED: {MMREC_PYTHON} cannot run MMRec ({problem}); set MMREC_PYTHON to a "
+                    "Python with MMRec's pins (numpy<1.24, scipy<1.12, pandas, torchvision, lmdb) and this package")
     from mmrec_rearm.install import install
 
     clone = tmp_path / "MMRec"
