@@ -266,7 +266,7 @@ def test_real_mmrec_quickstart_plumbing_with_lightgcn(real_mmrec):
     if problem:
         pytest.skip(f"QUICKSTART TEST SKIPPED: {sys.executable} cannot run MMRec ({problem}); run the "
                     "tests with an interpreter that has MMRec's pins (numpy<1.24, scipy<1.12, pandas, "
-                    "torchvision, matplotlib, lmdb), e.g. /work/venv-host/bin/python")
+                    "torchvision, matplotlib, lmdb), e.g. .venv/bin/python from scripts/setup.sh")
     before = porcelain(real_mmrec)
     out = io.StringIO()
     result = inst.quickstart(real_mmrec, epochs=1, model="LightGCN", n_users=200, n_items=150,

@@ -57,7 +57,7 @@ def runnable_clone(mmrec_clone) -> Path:
     if problem:
         pytest.skip(f"MMREC INTEGRATION TESTS SKIPPED: {sys.executable} cannot run MMRec ({problem}); "
                     "run them with an interpreter that has MMRec's pins (numpy<1.24, scipy<1.12, "
-                    "pandas, torchvision, matplotlib, lmdb), e.g. /work/venv-host/bin/python")
+                    "pandas, torchvision, matplotlib, lmdb), e.g. .venv/bin/python from scripts/setup.sh")
     return mmrec_clone
 
 
