@@ -4,6 +4,7 @@ subprocesses, no torch). One optional test trains LightGCN for one epoch in a co
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -640,3 +641,65 @@ def test_real_mmrec_lightgcn_one_epoch_through_the_runner(tmp_path):
     assert 0.0 < rec["valid"]["recall@20"] <= 1.0
     assert report.summaries["LightGCN"].selected is not None
     assert (clone / "src" / "configs" / "dataset" / "demo.yaml").read_text().startswith(MARKER)
+
+
+def test_cpu_parameter_fix_gives_the_gpu_behaviour():
+    torch = pytest.importorskip("torch")
+    from mmrec_rearm.experiments.runner import unregister_cpu_parameters
+
+    class Buggy(torch.nn.Module):  # the pattern of MMRec's DRAGON / DualGNN
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(3, 2))
+            self.result_embed = torch.nn.Parameter(torch.arange(6.0).view(3, 2)).to("cpu")
+
+        def forward(self):
+            self.result_embed = self.weight * 2
+            return self.result_embed.sum()
+
+    model = Buggy()
+    with pytest.raises(TypeError, match="cannot assign .* as parameter 'result_embed'"):
+        model()
+    model = Buggy()
+    changed = unregister_cpu_parameters(model, ("result_embed",))
+    assert len(changed) == 1 and "Buggy.result_embed" in changed[0]
+    assert [name for name, _ in model.named_parameters()] == ["weight"]
+    assert "result_embed" not in model.state_dict()
+    assert torch.equal(model.result_embed, torch.arange(6.0).view(3, 2)) and model.result_embed.requires_grad
+    model().backward()
+    assert torch.equal(model.weight.grad, torch.full((3, 2), 2.0))
+    assert unregister_cpu_parameters(model, ("result_embed",)) == []  # nothing left to change
+
+
+def _real_mmrec_or_skip(what: str) -> None:
+    if not (MMREC_SRC / "utils" / "quick_start.py").is_file():
+        pytest.skip(f"{what} SKIPPED: no MMRec checkout at {MMREC_SRC}; set MMREC_SRC to a clone's src/")
+    problem = _mmrec_python_problem()
+    if problem:
+        pytest.skip(f"{what} SKIPPED: {MMREC_PYTHON} cannot run MMRec ({problem}); set MMREC_PYTHON to a "
+                    "Python with MMRec's pins (numpy<1.24, scipy<1.12, pandas, torchvision, lmdb) and this package")
+
+
+def test_real_mmrec_dragon_runs_on_cpu_with_the_host_fix_and_fails_without(tmp_path, monkeypatch):
+    _real_mmrec_or_skip("REAL-MMREC DRAGON TEST")
+    if importlib.util.find_spec("torch_geometric") is None and MMREC_PYTHON == sys.executable:
+        pytest.skip("REAL-MMREC DRAGON TEST SKIPPED: DRAGON needs torch_geometric, not installed here")
+    from mmrec_rearm.synth import make_demo_dataset
+
+    clone = tmp_path / "MMRec"
+    shutil.copytree(MMREC_SRC, clone / "src", ignore=shutil.ignore_patterns("log", "__pycache__", "saved"))
+    make_demo_dataset(clone / "data", "demo", n_users=120, n_items=80, seed=0)
+    pins = ["DRAGON.learning_rate=1e-4", "DRAGON.reg_weight=1e-3", "use_gpu=False"]
+    compare(clone, "demo", ["DRAGON"], seeds=1, epochs=1, results_dir=tmp_path / "fixed", python=MMREC_PYTHON,
+            overrides=pins, progress=None, timeout_s=240, target=None)
+    (rec,) = RunStore(tmp_path / "fixed", "demo").read()[0]
+    assert rec["status"] == "ok", rec.get("message")
+    assert rec["epochs_run"] == 1 and 0.0 <= rec["test"]["recall@20"] <= 1.0
+    assert len(rec["host_fixes"]) == 1 and rec["host_fixes"][0].startswith("DRAGON.result_embed")
+
+    monkeypatch.setenv("MMREC_REARM_HOST_FIXES", "0")  # as MMRec ships it: the known CPU failure
+    compare(clone, "demo", ["DRAGON"], seeds=1, epochs=1, results_dir=tmp_path / "as_shipped",
+            python=MMREC_PYTHON, overrides=pins, progress=None, timeout_s=240, target=None)
+    (rec,) = RunStore(tmp_path / "as_shipped", "demo").read()[0]
+    assert rec["status"] == "failed" and "as parameter 'result_embed'" in rec["message"]
+    assert "MMREC_REARM_HOST_FIXES=0" in rec["hint"] and "host_fixes" not in rec

@@ -28,7 +28,8 @@ EventHandler = Callable[[dict], None]
 KNOWN_FAILURES = (
     (r"cannot assign '[\w.]+' as parameter 'result_embed'",
      "known MMRec bug on CPU: DRAGON/DualGNN create result_embed as nn.Parameter(...).to(device); "
-     "on CPU .to() keeps the Parameter, so forward() cannot overwrite it. These models only run on a GPU"),
+     "on CPU .to() keeps the Parameter, so forward() cannot overwrite it. The runner's fix for this is "
+     "off (MMREC_REARM_HOST_FIXES=0) or did not reach the model; without it these models only run on a GPU"),
     (r"module 'numpy' has no attribute 'float'",
      "MMRec needs numpy < 1.24 (it uses np.float); run it with a Python that has MMRec's pinned numpy"),
     (r"has no attribute '_update'",

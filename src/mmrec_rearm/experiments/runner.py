@@ -21,6 +21,16 @@ The spec (JSON): ``model``, ``dataset``, ``config_dict`` (passed to quick_start 
 optionally ``checkpoint_path`` (see below).
 Progress lines on stdout start with ``@@mmrec-rearm `` followed by one JSON object.
 
+Host fix on CPU (DRAGON, DualGNN; :data:`CPU_PARAMETER_FIXES`): these models create
+``result_embed`` as ``nn.Parameter(...).to(device)``. On a GPU ``.to()`` returns a plain tensor
+copy, which ``forward()`` later replaces; on the CPU it returns the Parameter itself, which stays
+registered, and the first ``forward()`` fails ("cannot assign 'torch.FloatTensor' as parameter
+'result_embed'"). When the model is built, this process turns that registered Parameter back into
+the plain tensor a GPU run has (same values; no longer in ``parameters()``, so the optimiser sees
+what it sees on a GPU). Only quick_start's own reference to ``get_model`` is wrapped, in memory;
+no file changes. The record lists what was applied under ``host_fixes``. Set
+``MMREC_REARM_HOST_FIXES=0`` to run the models exactly as MMRec ships them.
+
 Checkpoints (MMRec ignores ``saved``): for the models in :data:`CHECKPOINT_MODELS` the recording
 trainer also writes the best-on-validation weights, each time MMRec's early stopping records a new
 best validation score, to ``<results>/<dataset>/checkpoints/<run key>.pt`` (derived from
@@ -52,6 +62,10 @@ CHECKPOINT_VERSION = 1
 #: Set to 0 / false / no to save no checkpoint at all (the spec cannot carry it from compare).
 CHECKPOINT_ENV = "MMREC_REARM_CHECKPOINTS"
 _RESULT_SUFFIX = ".result.json"
+#: MMRec model -> attributes that it registers as Parameters only on the CPU (see the module doc).
+CPU_PARAMETER_FIXES = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",)}
+#: Set to 0 / false / no / off to run those models without the CPU fix.
+HOST_FIXES_ENV = "MMREC_REARM_HOST_FIXES"
 
 _EVAL_LINE = re.compile(r"epoch (\d+) evaluating \[time: ([0-9.]+)s, valid_score: ([-+0-9.eEnaif]+)\]")
 _TRAIN_LINE = re.compile(r"training \[time: ([0-9.]+)s")
@@ -160,6 +174,28 @@ def parse_final_lines(text: str):
     return None, None
 
 
+def _env_off(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def unregister_cpu_parameters(model, names) -> list:
+    """Replace each Parameter ``names`` that ``model`` (or a submodule) registered on the CPU by a
+    plain tensor with the same values and ``requires_grad``, as ``Parameter.to(cuda)`` gives on a
+    GPU. -> descriptions of what was changed (empty when nothing was)."""
+    changed = []
+    for prefix, module in model.named_modules():
+        for name in names:
+            param = getattr(module, "_parameters", {}).get(name)
+            if param is None or getattr(param.device, "type", None) != "cpu":
+                continue
+            del module._parameters[name]
+            setattr(module, name, param.detach().clone().requires_grad_(param.requires_grad))
+            where = f"{prefix}.{name}" if prefix else name
+            changed.append(f"{type(model).__name__}.{where}: CPU-registered Parameter {tuple(param.shape)} "
+                           "made a plain tensor, as .to(device) gives on a GPU")
+    return changed
+
+
 # ------------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -171,7 +207,7 @@ def checkpoint_target(spec: dict):
     :data:`CHECKPOINT_MODELS` whose ``result_path`` is ``<root>/logs/<model>-seed<s>-<key>.result.json``
     (the layout of :func:`mmrec_rearm.experiments.launch.launch`), ``<root>/checkpoints/<key>.pt``.
     """
-    if os.environ.get(CHECKPOINT_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+    if _env_off(CHECKPOINT_ENV):
         return None, None
     result_path = str(spec.get("result_path") or "")
     name = os.path.basename(result_path)
@@ -334,12 +370,26 @@ def run(spec: dict) -> dict:
         original_get_trainer = getattr(quick_start_module, "get_trainer", None)
         if original_get_trainer is not None:
             quick_start_module.get_trainer = lambda: RecordingTrainer
+        original_get_model = getattr(quick_start_module, "get_model", None)
+        fix_names = CPU_PARAMETER_FIXES.get(model, ())
+        if fix_names and original_get_model is not None and not _env_off(HOST_FIXES_ENV):
+            def get_model_with_cpu_fix(name):
+                model_class = original_get_model(name)
+
+                def build(*args, **kwargs):
+                    instance = model_class(*args, **kwargs)
+                    captured.setdefault("host_fixes", []).extend(unregister_cpu_parameters(instance, fix_names))
+                    return instance
+                return build
+            quick_start_module.get_model = get_model_with_cpu_fix
         try:
             quick_start_module.quick_start(model, spec["dataset"], dict(spec["config_dict"]),
                                            save_model=bool(spec.get("save_model")))
         finally:
             if original_get_trainer is not None:
                 quick_start_module.get_trainer = original_get_trainer
+            if original_get_model is not None:
+                quick_start_module.get_model = original_get_model
 
         result["mmrec_log"] = _log_file()
         if "fit" in captured:
@@ -379,6 +429,8 @@ def run(spec: dict) -> dict:
             result["message"] = f"{type(exc).__name__}: {exc}".strip()[:500]
         result.setdefault("mmrec_log", _log_file())
         result.update(best_epoch=watcher.best_epoch, epochs_run=len(watcher.history), history=watcher.history)
+    if captured.get("host_fixes"):
+        result["host_fixes"] = captured["host_fixes"]
     result["wall_s"] = round(time.time() - started, 3)
     return result
 
