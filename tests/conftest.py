@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,27 @@ def mmrec_runtime_problem() -> str:
     if not hasattr(scipy.sparse.dok_matrix((1, 1)), "_update"):
         return "scipy lacks dok_matrix._update, used by MMRec's LightGCN"
     return ""
+
+
+#: MMRec's src/ for the runner-based experiment tests (they copy it; the checkout is never touched)
+RUNNER_MMREC_SRC = Path(os.environ.get("MMREC_SRC", "~/MMRec/src")).expanduser()
+#: the Python that runs MMRec in their subprocesses: this one unless MMREC_PYTHON names another
+RUNNER_MMREC_PYTHON = os.environ.get("MMREC_PYTHON", sys.executable)
+
+
+def real_mmrec_runner_or_skip(what: str) -> tuple[Path, str]:
+    """(MMRec src, interpreter) for a test that runs MMRec through our runner; skips loudly,
+    naming ``what``, when there is no checkout or the interpreter cannot run MMRec."""
+    if not (RUNNER_MMREC_SRC / "utils" / "quick_start.py").is_file():
+        pytest.skip(f"{what} SKIPPED: no MMRec checkout at {RUNNER_MMREC_SRC}; set MMREC_SRC to a clone's src/")
+    if not Path(RUNNER_MMREC_PYTHON).is_file():
+        problem = f"{RUNNER_MMREC_PYTHON} not found"
+    else:
+        problem = mmrec_runtime_problem() if RUNNER_MMREC_PYTHON == sys.executable else ""
+    if problem:
+        pytest.skip(f"{what} SKIPPED: {RUNNER_MMREC_PYTHON} cannot run MMRec ({problem}); set MMREC_PYTHON to a "
+                    "Python with MMRec's pins (numpy<1.24, scipy<1.12, pandas, torchvision, lmdb) and this package")
+    return RUNNER_MMREC_SRC, RUNNER_MMREC_PYTHON
 
 
 @pytest.fixture

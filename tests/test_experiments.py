@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mmrec_runtime_problem
+from conftest import real_mmrec_runner_or_skip
 
 from mmrec_rearm.data import read_interactions
 from mmrec_rearm.errors import ConfigError, DatasetError, InstallError
@@ -606,33 +606,15 @@ def test_compare_stages_an_outside_data_dir_and_writes_its_yaml(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # optional: one real MMRec run (LightGCN, 1 epoch, tiny synthetic data) in a copy of the checkout
 
-MMREC_SRC = Path(os.environ.get("MMREC_SRC", "~/MMRec/src")).expanduser()
-#: the Python that runs MMRec in the subprocess: this one unless MMREC_PYTHON names another
-MMREC_PYTHON = os.environ.get("MMREC_PYTHON", sys.executable)
-
-
-def _mmrec_python_problem() -> str:
-    if not Path(MMREC_PYTHON).is_file():
-        return f"{MMREC_PYTHON} not found"
-    if MMREC_PYTHON == sys.executable:
-        return mmrec_runtime_problem()
-    return ""
-
-
 def test_real_mmrec_lightgcn_one_epoch_through_the_runner(tmp_path):
-    if not (MMREC_SRC / "utils" / "quick_start.py").is_file():
-        pytest.skip(f"REAL-MMREC SMOKE TEST SKIPPED: no MMRec checkout at {MMREC_SRC}; set MMREC_SRC to a clone's src/")
-    problem = _mmrec_python_problem()
-    if problem:
-        pytest.skip(f"REAL-MMREC SMOKE TEST SKIPPED: {MMREC_PYTHON} cannot run MMRec ({problem}); set MMREC_PYTHON to a "
-                    "Python with MMRec's pins (numpy<1.24, scipy<1.12, pandas, torchvision, lmdb) and this package")
+    checkout_src, mmrec_python = real_mmrec_runner_or_skip("REAL-MMREC SMOKE TEST")
     from mmrec_rearm.synth import make_demo_dataset
 
     clone = tmp_path / "MMRec"
-    shutil.copytree(MMREC_SRC, clone / "src", ignore=shutil.ignore_patterns("log", "__pycache__", "saved"))
+    shutil.copytree(checkout_src, clone / "src", ignore=shutil.ignore_patterns("log", "__pycache__", "saved"))
     make_demo_dataset(clone / "data", "demo", n_users=120, n_items=80, seed=0)
     report = compare(clone, "demo", ["LightGCN"], seeds=1, epochs=1, results_dir=tmp_path / "results",
-                     python=MMREC_PYTHON, overrides=["LightGCN.n_layers=1", "LightGCN.reg_weight=1e-4",
+                     python=mmrec_python, overrides=["LightGCN.n_layers=1", "LightGCN.reg_weight=1e-4",
                                                      "use_gpu=False"], progress=None, timeout_s=240)
     (rec,) = RunStore(tmp_path / "results", "demo").read()[0]
     assert rec["status"] == "ok", rec.get("message")
@@ -671,26 +653,17 @@ def test_cpu_parameter_fix_gives_the_gpu_behaviour():
     assert unregister_cpu_parameters(model, ("result_embed",)) == []  # nothing left to change
 
 
-def _real_mmrec_or_skip(what: str) -> None:
-    if not (MMREC_SRC / "utils" / "quick_start.py").is_file():
-        pytest.skip(f"{what} SKIPPED: no MMRec checkout at {MMREC_SRC}; set MMREC_SRC to a clone's src/")
-    problem = _mmrec_python_problem()
-    if problem:
-        pytest.skip(f"{what} SKIPPED: {MMREC_PYTHON} cannot run MMRec ({problem}); set MMREC_PYTHON to a "
-                    "Python with MMRec's pins (numpy<1.24, scipy<1.12, pandas, torchvision, lmdb) and this package")
-
-
 def test_real_mmrec_dragon_runs_on_cpu_with_the_host_fix_and_fails_without(tmp_path, monkeypatch):
-    _real_mmrec_or_skip("REAL-MMREC DRAGON TEST")
-    if importlib.util.find_spec("torch_geometric") is None and MMREC_PYTHON == sys.executable:
+    checkout_src, mmrec_python = real_mmrec_runner_or_skip("REAL-MMREC DRAGON TEST")
+    if importlib.util.find_spec("torch_geometric") is None and mmrec_python == sys.executable:
         pytest.skip("REAL-MMREC DRAGON TEST SKIPPED: DRAGON needs torch_geometric, not installed here")
     from mmrec_rearm.synth import make_demo_dataset
 
     clone = tmp_path / "MMRec"
-    shutil.copytree(MMREC_SRC, clone / "src", ignore=shutil.ignore_patterns("log", "__pycache__", "saved"))
+    shutil.copytree(checkout_src, clone / "src", ignore=shutil.ignore_patterns("log", "__pycache__", "saved"))
     make_demo_dataset(clone / "data", "demo", n_users=120, n_items=80, seed=0)
     pins = ["DRAGON.learning_rate=1e-4", "DRAGON.reg_weight=1e-3", "use_gpu=False"]
-    compare(clone, "demo", ["DRAGON"], seeds=1, epochs=1, results_dir=tmp_path / "fixed", python=MMREC_PYTHON,
+    compare(clone, "demo", ["DRAGON"], seeds=1, epochs=1, results_dir=tmp_path / "fixed", python=mmrec_python,
             overrides=pins, progress=None, timeout_s=240, target=None)
     (rec,) = RunStore(tmp_path / "fixed", "demo").read()[0]
     assert rec["status"] == "ok", rec.get("message")
@@ -699,7 +672,7 @@ def test_real_mmrec_dragon_runs_on_cpu_with_the_host_fix_and_fails_without(tmp_p
 
     monkeypatch.setenv("MMREC_REARM_HOST_FIXES", "0")  # as MMRec ships it: the known CPU failure
     compare(clone, "demo", ["DRAGON"], seeds=1, epochs=1, results_dir=tmp_path / "as_shipped",
-            python=MMREC_PYTHON, overrides=pins, progress=None, timeout_s=240, target=None)
+            python=mmrec_python, overrides=pins, progress=None, timeout_s=240, target=None)
     (rec,) = RunStore(tmp_path / "as_shipped", "demo").read()[0]
     assert rec["status"] == "failed" and "as parameter 'result_embed'" in rec["message"]
     assert "MMREC_REARM_HOST_FIXES=0" in rec["hint"] and "host_fixes" not in rec

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mmrec_runtime_problem
+from conftest import real_mmrec_runner_or_skip
 
 torch = pytest.importorskip("torch")
 
@@ -467,19 +467,6 @@ def test_heatmap_finds_the_full_and_wo_ref_checkpoints_in_the_store(tiny, tmp_pa
 # ------------------------------------------------------------------------------------------------
 # optional: a real REARM run in a copy of a real MMRec checkout; its checkpoint reproduces MMRec's metric
 
-MMREC_SRC = Path(os.environ.get("MMREC_SRC", "~/MMRec/src")).expanduser()
-#: the Python that runs MMRec in the subprocess: this one unless MMREC_PYTHON names another
-MMREC_PYTHON = os.environ.get("MMREC_PYTHON", sys.executable)
-
-
-def _mmrec_python_problem() -> str:
-    if not Path(MMREC_PYTHON).is_file():
-        return f"{MMREC_PYTHON} not found"
-    if MMREC_PYTHON == sys.executable:
-        return mmrec_runtime_problem()
-    return ""
-
-
 def _test_recall_at_20(loaded) -> float:
     """MMRec's test recall@20 of a rebuilt model: training items masked, mean over test users."""
     from mmrec_rearm.experiments.checkpoints import scores
@@ -497,19 +484,14 @@ def _test_recall_at_20(loaded) -> float:
 
 
 def test_real_mmrec_rearm_checkpoint_reproduces_mmrecs_test_metric(tmp_path):
-    if not (MMREC_SRC / "utils" / "quick_start.py").is_file():
-        pytest.skip(f"REAL-MMREC TEST SKIPPED: no MMRec checkout at {MMREC_SRC}; set MMREC_SRC to a clone's src/")
-    problem = _mmrec_python_problem()
-    if problem:
-        pytest.skip(f"REAL-MMREC TEST SKIPPED: {MMREC_PYTHON} cannot run MMRec ({problem}); set MMREC_PYTHON to a "
-                    "Python with MMRec's pins (numpy<1.24, scipy<1.12, pandas, torchvision, lmdb) and this package")
+    checkout_src, mmrec_python = real_mmrec_runner_or_skip("REAL-MMREC TEST")
     from mmrec_rearm.install import install
 
     clone = tmp_path / "MMRec"
-    shutil.copytree(MMREC_SRC, clone / "src", ignore=shutil.ignore_patterns("log", "__pycache__", "saved"))
+    shutil.copytree(checkout_src, clone / "src", ignore=shutil.ignore_patterns("log", "__pycache__", "saved"))
     install(clone, report=lambda _line: None)
     make_demo_dataset(clone / "data", "demo", n_users=120, n_items=80, seed=0, image_dim=16, text_dim=12)
-    report = ablate(clone, "demo", epochs=2, results_dir=tmp_path / "results", python=MMREC_PYTHON,
+    report = ablate(clone, "demo", epochs=2, results_dir=tmp_path / "results", python=mmrec_python,
                     parts=["table3"], variants=["full"], overrides=["use_gpu=False", "embedding_size=16"],
                     progress=None, timeout_s=240)
     (record,) = RunStore(tmp_path / "results", "demo").read()[0]
