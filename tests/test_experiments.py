@@ -273,6 +273,19 @@ def test_table2_markdown_exact_with_paper_numbers_beside():
     assert "- R@20: LightGCN, REARM 0.1150 vs 0.0850, +35.29% (p<0.001, n=2)" in report
 
 
+def test_report_names_the_host_fixes_of_the_selected_runs():
+    fix = "DRAGON.result_embed: CPU-registered Parameter (5, 2) made a plain tensor, as .to(device) gives on a GPU"
+    recs = [dict(record("DRAGON", {}, s, {"recall@20": 0.1}, {"recall@20": 0.1}), host_fixes=[fix]) for s in (1, 2)]
+    recs += [record("REARM", {}, s, {"recall@20": 0.2}, {"recall@20": 0.2}) for s in (1, 2)]
+    summaries = summarise(recs, {"DRAGON": "recall@20", "REARM": "recall@20"}, ["REARM", "DRAGON"])
+    assert summaries["DRAGON"].selected.host_fixes == {1: [fix], 2: [fix]}
+    report = report_markdown("tiktok", summaries, ["REARM", "DRAGON"], comparisons(summaries, "REARM"), "REARM", "s")
+    assert "## Host fixes applied by the runner" in report
+    assert f"- DRAGON (seeds 1, 2): {fix}\n" in report
+    clean = _table_records()
+    assert "Host fixes" not in report_markdown("baby", clean, ["REARM", "LightGCN"], [], "REARM", "s")
+
+
 def test_table2_csv_exact():
     assert table2_csv("baby", _table_records(), ["REARM", "LightGCN"], "REARM") == (
         "model,seeds,R@10,R@10_std,R@10_paper,R@20,R@20_std,R@20_paper,N@10,N@10_std,N@10_paper,"

@@ -45,6 +45,7 @@ class ConfigResult:
     test: Dict[int, dict] = field(default_factory=dict)
     best_epoch: Dict[int, Optional[int]] = field(default_factory=dict)
     wall_s: Dict[int, float] = field(default_factory=dict)
+    host_fixes: Dict[int, List[str]] = field(default_factory=dict)  # seed -> runner fixes applied (runner.py)
 
     @property
     def seeds(self) -> List[int]:
@@ -107,6 +108,8 @@ def summarise(records: Iterable[dict], valid_metric: Mapping[str, str], models: 
         group.test[seed] = record.get("test") or {}
         group.best_epoch[seed] = record.get("best_epoch")
         group.wall_s[seed] = float(record.get("wall_s") or 0.0)
+        if record.get("host_fixes"):
+            group.host_fixes[seed] = list(record["host_fixes"])
     out = {}
     for model in models:
         configs = sorted(by_model[model].values(), key=lambda c: c.order)

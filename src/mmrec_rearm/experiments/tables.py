@@ -143,6 +143,20 @@ def failures_markdown(summaries: Mapping[str, ModelSummary], models: Sequence[st
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def host_fixes_markdown(summaries: Mapping[str, ModelSummary], models: Sequence[str]) -> str:
+    """One line per reported model whose selected runs needed the runner's host fixes (e.g. DRAGON on
+    CPU), so a reader knows these numbers come from a patched-in-memory MMRec model."""
+    lines = []
+    for model in models:
+        chosen = summaries[model].selected
+        if chosen is None or not chosen.host_fixes:
+            continue
+        fixes = sorted({fix for seed_fixes in chosen.host_fixes.values() for fix in seed_fixes})
+        seeds = ", ".join(str(seed) for seed in sorted(chosen.host_fixes))
+        lines.append(f"- {model} (seeds {seeds}): {'; '.join(fixes)}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def report_markdown(dataset: str, summaries: Mapping[str, ModelSummary], models: Sequence[str],
                     comparisons: Sequence[PairedComparison], target: Optional[str], settings: str) -> str:
     """The whole ``table2.md``."""
@@ -157,6 +171,11 @@ def report_markdown(dataset: str, summaries: Mapping[str, ModelSummary], models:
                   "over the seeds both finished (n/a with fewer than 2).\n",
                   comparison_markdown(comparisons, summaries, target)]
     parts += ["\n## Chosen configurations\n", selection_markdown(summaries, order)]
+    fixes = host_fixes_markdown(summaries, order)
+    if fixes:
+        parts += ["\n## Host fixes applied by the runner\n",
+                  "MMRec models that fail as shipped in this environment ran with the runner's in-memory "
+                  "fix (docs/experiments.md; `MMREC_REARM_HOST_FIXES=0` turns it off):\n", fixes]
     failures = failures_markdown(summaries, order)
     if failures:
         parts += ["\n## Failed runs\n", failures]
