@@ -497,6 +497,9 @@ def test_real_mmrec_rearm_checkpoint_reproduces_mmrecs_test_metric(tmp_path):
     (record,) = RunStore(tmp_path / "results", "demo").read()[0]
     assert record["status"] == "ok", record.get("message")
     assert record["checkpoint_epoch"] == record["best_epoch"] and report.failed == 0
+    # REARM's loss is a tuple, whose MMRec log line carries no time: the runner times the epoch itself
+    assert [entry["epoch"] for entry in record["history"]] == [0, 1]
+    assert all(entry["train_s"] is not None and entry["train_s"] > 0 for entry in record["history"])
     loaded = rebuild_model(record["checkpoint"])
     assert loaded.checkpoint["test"] == record["test"] and loaded.checkpoint["epoch"] == record["best_epoch"]
     assert _test_recall_at_20(loaded) == record["test"]["recall@20"]

@@ -103,6 +103,9 @@ class _Watcher(logging.Handler):
         self.nan_epoch = None
         self._loss = None
         self._train_s = None
+        # seconds of the last _train_epoch as timed by the recording trainer: MMRec's log line has
+        # no time for models whose loss is a tuple (its formatter overwrites the time prefix)
+        self.timed_train_s = None
 
     def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
         try:
@@ -114,7 +117,7 @@ class _Watcher(logging.Handler):
         train = _TRAIN_LINE.search(message)
         losses = _LOSS_VALUE.findall(message)
         if train or losses:
-            self._train_s = float(train.group(1)) if train else None
+            self._train_s = float(train.group(1)) if train else self.timed_train_s
             values = [_number(v) for v in losses]
             self._loss = sum(values) if values and None not in values else None
             return
@@ -358,7 +361,10 @@ def run(spec: dict) -> dict:
             # The two hooks below only observe: the epoch index, and every evaluation's result.
             def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
                 keeper.epoch = epoch_idx
-                return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+                began = time.time()
+                out = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+                watcher.timed_train_s = round(time.time() - began, 2)
+                return out
 
             def _valid_epoch(self, eval_data, *args, **kwargs):
                 out = super()._valid_epoch(eval_data, *args, **kwargs)
