@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mmrec_rearm.data import read_interactions  # noqa: E402
+from mmrec_rearm.data import read_interactions, training_matrix  # noqa: E402
 
 TOP_KS = (10, 20)
 
@@ -29,13 +28,9 @@ def popularity_metrics(users: np.ndarray, items: np.ndarray, labels: np.ndarray,
     """Recall@k / NDCG@k of the popularity ranking on ``split`` (1 valid, 2 test), averaged over
     the users with held-out items in it. Inputs are the ``(n_rows,)`` columns of the .inter file."""
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
-    train = labels == 0
-    history = sp.csr_matrix((np.ones(int(train.sum()), dtype=np.float32), (users[train], items[train])),
-                            shape=(n_users, n_items))
-    history.data[:] = 1.0  # duplicate rows count once
-    held = sp.csr_matrix((np.ones(int((labels == split).sum()), dtype=np.float32),
-                          (users[labels == split], items[labels == split])), shape=(n_users, n_items))
-    held.data[:] = 1.0
+    train, test = labels == 0, labels == split
+    history = training_matrix(users[train], items[train], n_users, n_items)  # duplicate rows count once
+    held = training_matrix(users[test], items[test], n_users, n_items)
     degree = np.asarray(history.sum(axis=0)).ravel()
     order = np.lexsort((np.arange(n_items), -degree))  # most popular first, ties by item id
     k_max = max(top_ks)

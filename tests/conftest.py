@@ -94,17 +94,17 @@ def mmrec_runtime_problem() -> str:
     return ""
 
 
-#: MMRec's src/ for the runner-based experiment tests (they copy it; the checkout is never touched)
-RUNNER_MMREC_SRC = Path(os.environ.get("MMREC_SRC", "~/MMRec/src")).expanduser()
-#: the Python that runs MMRec in their subprocesses: this one unless MMREC_PYTHON names another
+#: the Python that runs MMRec in the runner-based tests' subprocesses: this one unless MMREC_PYTHON names another
 RUNNER_MMREC_PYTHON = os.environ.get("MMREC_PYTHON", sys.executable)
 
 
 def real_mmrec_runner_or_skip(what: str) -> tuple[Path, str]:
-    """(MMRec src, interpreter) for a test that runs MMRec through our runner; skips loudly,
-    naming ``what``, when there is no checkout or the interpreter cannot run MMRec."""
-    if not (RUNNER_MMREC_SRC / "utils" / "quick_start.py").is_file():
-        pytest.skip(f"{what} SKIPPED: no MMRec checkout at {RUNNER_MMREC_SRC}; set MMREC_SRC to a clone's src/")
+    """(MMRec src, interpreter) for a test that runs MMRec through our runner (it copies src/; the
+    checkout is never touched); skips loudly, naming ``what``, when there is no checkout or the
+    interpreter cannot run MMRec."""
+    checkout, why = locate_mmrec_checkout()
+    if checkout is None:
+        pytest.skip(f"{what} SKIPPED: {why}")
     if not Path(RUNNER_MMREC_PYTHON).is_file():
         problem = f"{RUNNER_MMREC_PYTHON} not found"
     else:
@@ -112,7 +112,7 @@ def real_mmrec_runner_or_skip(what: str) -> tuple[Path, str]:
     if problem:
         pytest.skip(f"{what} SKIPPED: {RUNNER_MMREC_PYTHON} cannot run MMRec ({problem}); set MMREC_PYTHON to a "
                     "Python with MMRec's pins (numpy<1.24, scipy<1.12, pandas, torchvision, lmdb) and this package")
-    return RUNNER_MMREC_SRC, RUNNER_MMREC_PYTHON
+    return checkout / "src", RUNNER_MMREC_PYTHON
 
 
 @pytest.fixture
