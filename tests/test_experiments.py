@@ -18,7 +18,7 @@ import pytest
 from conftest import real_mmrec_runner_or_skip
 
 from mmrec_rearm.data import read_interactions
-from mmrec_rearm.errors import ConfigError, DatasetError, InstallError
+from mmrec_rearm.errors import ConfigError, DatasetError, InstallError, RunsAbortedError
 from mmrec_rearm.experiments import (compare, convert_official_splits, cooccurrence_neighbours,
                                      detect_feature_files, make_user_graph_dict, write_dataset_yaml)
 from mmrec_rearm.experiments.datasets import MARKER
@@ -689,3 +689,95 @@ def test_real_mmrec_dragon_runs_on_cpu_with_the_host_fix_and_fails_without(tmp_p
     (rec,) = RunStore(tmp_path / "as_shipped", "demo").read()[0]
     assert rec["status"] == "failed" and "as parameter 'result_embed'" in rec["message"]
     assert "MMREC_REARM_HOST_FIXES=0" in rec["hint"] and "host_fixes" not in rec
+
+
+# ------------------------------------------------------------------------------------------------
+# user-given paths are the user's: relative to the working directory, never to MMRec's src/
+
+
+def test_compare_with_a_relative_results_folder_runs_through_the_runner(tmp_path, monkeypatch):
+    # The README's command uses the default --results results: the runner starts in MMRec's src/
+    # and must still find its spec file and write its result and checkpoint where the user is.
+    root = make_fake_mmrec(tmp_path / "mmrec", {"A": MODEL_A})
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    report = compare(root, "toy", ["A"], seeds=1, epochs=2, results_dir="results", python=sys.executable,
+                     progress=None, target="", overrides=["A.v=0.3", "A.t=0.1"])
+    assert report.failed == 0 and report.executed == 1
+    (record,) = RunStore(work / "results", "toy").read()[0]
+    assert record["status"] == "ok", record.get("message")
+    assert Path(record["log_path"]).is_absolute() and Path(record["log_path"]).is_file()
+    assert str(work / "results" / "toy" / "logs") in record["log_path"]
+    assert not (root / "src" / "results").exists()
+    assert (work / "results" / "toy" / "table2.md").is_file()
+
+
+def test_compare_resolves_a_relative_data_dir_against_the_working_directory(tmp_path, monkeypatch):
+    root = make_fake_mmrec(tmp_path / "mmrec", {"A": MODEL_A})
+    outside = tmp_path / "shared" / "newset"
+    outside.mkdir(parents=True)
+    (outside / "newset.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n1\t0\t0\n0\t1\t2\n")
+    np.save(outside / "image_feat.npy", np.zeros((2, 2), np.float32))
+    (outside / ".rearm_cache").mkdir()           # a cache of an earlier direct run must not be shared
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def run(spec, extra, on_event):
+        seen.append(extra)
+        return {"status": "ok", "valid": {"recall@20": 0.1}, "test": {"recall@20": 0.1}}
+
+    # --dry-run already resolves the staged folder (it failed against MMRec's src/ before)
+    compare(root, "newset", ["A"], data_dir="shared/newset", results_dir="res", execute=False, progress=None,
+            overrides=["A.v=0.3", "A.t=0.1"], target="")
+    compare(root, "newset", ["A"], data_dir="shared/newset", results_dir="res", run_fn=run, progress=None,
+            overrides=["A.v=0.3", "A.t=0.1"], target="")
+    staged = tmp_path / "res" / "newset" / "data" / "newset"
+    assert seen == [{"data_path": str(staged.parent) + os.sep}]
+    assert (staged / "newset.inter").is_symlink()
+    assert not (staged / ".rearm_cache").exists()   # REARM makes its own cache in the staged folder
+
+
+def test_rearm_cache_of_a_staged_dataset_stays_in_the_staged_folder(tmp_path):
+    from mmrec_rearm.cache import resolve_cache_dir
+    from mmrec_rearm.data import TrainingData
+
+    source = tmp_path / "shared" / "set"
+    source.mkdir(parents=True)
+    (source / "set.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n")
+    staged = tmp_path / "res" / "set"
+    staged.mkdir(parents=True)
+    (staged / "set.inter").symlink_to(source / "set.inter")
+    data = TrainingData.from_arrays(np.array([0]), np.array([0]), 1, 1, {"image": np.ones((1, 2), np.float32)},
+                                    source={"inter": str(staged / "set.inter")})
+    assert resolve_cache_dir(data) == staged / ".rearm_cache"
+
+
+def test_compare_stops_after_three_identical_crashes_with_one_message(tmp_path):
+    root = make_fake_mmrec(tmp_path / "mmrec", {"A": MODEL_A})
+    calls, lines = [], []
+
+    def run(spec, extra, on_event):
+        calls.append(spec.key)
+        return {"status": "failed", "wall_s": 0.0, "log_path": f"/x/{spec.key}.log",
+                "message": f"FileNotFoundError: [Errno 2] No such file or directory: 'logs/A-{spec.key}.json'",
+                "error": "Traceback ..."}
+
+    with pytest.raises(RunsAbortedError, match=r"3 runs in a row failed with the same error.*FileNotFoundError"):
+        compare(root, "toy", ["A"], seeds=3, run_fn=run, results_dir=tmp_path / "r", progress=lines.append)
+    assert len(calls) == 3                                     # of 12 planned
+    assert len(RunStore(tmp_path / "r", "toy").read()[0]) == 3  # recorded, retried by the next compare
+
+
+def test_compare_goes_on_after_failures_that_differ_or_are_not_crashes(tmp_path):
+    root = make_fake_mmrec(tmp_path / "mmrec", {"A": MODEL_A})
+    calls = []
+
+    def run(spec, extra, on_event):
+        calls.append(spec.key)
+        if len(calls) % 2:  # a training outcome (no crash): never a reason to stop
+            return {"status": "failed", "message": "training never produced a validated epoch", "wall_s": 1.0}
+        return {"status": "failed", "message": f"RuntimeError: run {len(calls)} broke", "error": "x", "wall_s": 1.0}
+
+    report = compare(root, "toy", ["A"], seeds=2, run_fn=run, results_dir=tmp_path / "r", progress=None)
+    assert len(calls) == 8 and report.failed == 8

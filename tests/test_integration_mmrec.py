@@ -174,3 +174,25 @@ def test_rearm_on_a_real_tiktok_subset_through_mmrec(runnable_clone, monkeypatch
 
     inst.uninstall(clone, report=None)
     assert porcelain(clone) == before
+
+
+def test_compare_as_the_readme_shows_it_with_relative_paths(runnable_clone, monkeypatch):
+    """`install MMRec` then `compare --mmrec MMRec ...` with the default, relative `--results`, from
+    the folder holding the checkout: every run must finish (they all failed once, because the
+    runner starts in MMRec's src/ and looked for its spec file there)."""
+    from mmrec_rearm import cli
+
+    clone = runnable_clone
+    monkeypatch.chdir(clone.parent)
+    monkeypatch.delenv("MMREC_REARM_CACHE_DIR", raising=False)
+    assert cli.main(["install", clone.name]) == 0
+    inst._place_demo_dataset(clone, "rearm_demo", DEMO_USERS, DEMO_ITEMS, 0, report=None)
+    status = cli.main(["compare", "--mmrec", clone.name, "-d", "rearm_demo", "-m", "REARM", "LightGCN",
+                       "--seeds", "1", "--epochs", "1", "--set", "LightGCN.n_layers=2",
+                       "LightGCN.reg_weight=1e-3"])
+    records = [json.loads(line) for line in (clone.parent / "results/rearm_demo/runs.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["status"]) for r in records] == [("REARM", "ok"), ("LightGCN", "ok")], \
+        [r.get("message") for r in records]
+    assert status == 0
+    assert (clone.parent / "results/rearm_demo/table2.md").is_file()
+    assert not (clone / "src" / "results").exists()

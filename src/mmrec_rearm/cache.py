@@ -619,7 +619,9 @@ def resolve_cache_dir(data: TrainingData, cache_dir: Optional[PathLike] = None) 
         return Path(configured).expanduser()
     inter = (data.source or {}).get("inter")
     if inter:
-        folder = Path(inter).expanduser().resolve().parent
+        # abspath, not resolve(): a staged dataset folder links each file to a shared source,
+        # and resolving the .inter link would put the cache back into that source folder
+        folder = Path(os.path.abspath(os.path.expanduser(str(inter)))).parent
         target = folder / DEFAULT_DIRNAME
         if os.access(target if target.is_dir() else folder, os.W_OK | os.X_OK):
             return target

@@ -43,3 +43,7 @@ class CheckpointError(RearmError, KeyError):
 
 class PlotDependencyError(RearmError, ImportError):
     """Drawing a figure needs the optional package matplotlib."""
+
+
+class RunsAbortedError(RearmError):
+    """A sweep stopped because several runs in a row failed the same way (a setup problem, not a result)."""

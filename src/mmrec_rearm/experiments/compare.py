@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, RunsAbortedError
 from .datasets import detect_feature_files, write_dataset_yaml
 from .launch import launch
 from .mmrec_config import (check_model, dataset_folder, dataset_yaml_path, merged_config, mmrec_src,
@@ -65,13 +66,17 @@ def stage_dataset(data_dir: Path, staging_root: Path, dataset: str) -> Path:
     """``<staging_root>/<dataset>/`` with a symbolic link to every entry of ``data_dir``.
 
     MMRec models write caches (``mm_adj_*.pt``) and DRAGON needs ``user_graph_dict.npy`` in the
-    dataset folder; staging keeps those out of a shared or read-only data folder.
+    dataset folder; staging keeps those out of a shared or read-only data folder. Hidden entries
+    (``.rearm_cache`` of an earlier direct run, ``.mmrec-rearm``) are not linked: a link would send
+    the writes of the staged runs back into the source folder.
     """
     if not data_dir.is_dir():
         raise DatasetError(f"{data_dir}: dataset folder not found; pass the folder holding the .inter file.")
     staged = staging_root / dataset
     staged.mkdir(parents=True, exist_ok=True)
     for entry in sorted(data_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
         link = staged / entry.name
         if link.is_symlink() and os.path.realpath(link) == str(entry.resolve()):
             continue
@@ -85,6 +90,12 @@ def stage_dataset(data_dir: Path, staging_root: Path, dataset: str) -> Path:
             if entry.is_file():
                 shutil.copy2(entry, link)
     return staged
+
+
+def user_path(path: PathLike) -> Path:
+    """``path`` made absolute against the current working directory (the user's, not MMRec's
+    ``src/`` where the runs start); ``~`` is expanded and symbolic links are kept as given."""
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
 
 
 def _format_config(config: dict) -> str:
@@ -177,14 +188,32 @@ class QueuedRun:
     metric: str
 
 
+#: A sweep stops when this many runs in a row crash with the same message: a setup problem (a
+#: missing file, a broken environment) fails every remaining run the same way.
+MAX_IDENTICAL_CRASHES = 3
+_VARIABLE_PARTS = re.compile(r"[0-9a-f]{16}|\d+(?:\.\d+)?")
+
+
+def _crash_signature(record: dict) -> Optional[str]:
+    """The message of a crashed run with run keys and numbers blanked, or None when the run did
+    not crash (it finished, or ended as a training outcome such as a NaN loss, which has no error)."""
+    if record.get("status") == "ok" or not record.get("error"):
+        return None
+    return _VARIABLE_PARTS.sub("#", str(record.get("message") or ""))
+
+
 def run_queue(queue: Sequence[QueuedRun], dataset: str, store: RunStore, latest: Dict[str, dict],
               say: Progress, *, execute: bool, retry_failed: bool,
               start: Callable[[RunSpec, Callable[[dict], None]], dict]) -> tuple:
     """Run each queued run that has no ``ok`` record (and, with ``retry_failed=False``, no record at
     all), appending its record to ``store`` before the next starts and updating ``latest`` (key ->
     newest record). ``start(spec, on_event)`` runs one and returns its result dict. Called with the
-    store's lock held. -> ``(executed, skipped, failed)`` counts."""
+    store's lock held. -> ``(executed, skipped, failed)`` counts.
+
+    Raises :class:`~mmrec_rearm.errors.RunsAbortedError` after :data:`MAX_IDENTICAL_CRASHES` runs
+    in a row crashed with the same message (their records are kept and retried next time)."""
     executed = skipped = failed = 0
+    crashes: List[str] = []
     total = len(queue)
     for index, item in enumerate(queue, start=1):
         spec = item.spec
@@ -208,6 +237,16 @@ def run_queue(queue: Sequence[QueuedRun], dataset: str, store: RunStore, latest:
         executed += 1
         failed += record["status"] != "ok"
         say(_result_line(record, item.metric))
+        signature = _crash_signature(record)
+        if signature is None or (crashes and crashes[-1] != signature):
+            crashes = []
+        if signature is not None:
+            crashes.append(signature)
+        if len(crashes) >= MAX_IDENTICAL_CRASHES:
+            raise RunsAbortedError(
+                f"stopped: {len(crashes)} runs in a row failed with the same error: {record.get('message')} "
+                f"(log: {record.get('log_path')}). The remaining {total - index} run(s) were not started; "
+                f"fix the cause and rerun the same command (finished runs are kept in {store.path}).")
     return executed, skipped, failed
 
 
@@ -241,8 +280,10 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
     if run_fn is None and execute and shutil.which(python) is None and not Path(python).is_file():
         raise ConfigError(f"python={python!r}: interpreter not found; give the Python that has MMRec's requirements.")
     seed_values = seed_list(seeds)
-    results_root = Path(results_dir) / dataset
-    folder, extra = _ensure_dataset(src, dataset, Path(data_dir) if data_dir is not None else None,
+    # the runs start in MMRec's src/: every path the user gave is made absolute here, in their folder
+    results_dir = user_path(results_dir)
+    results_root = results_dir / dataset
+    folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
                                     results_root, write_yaml=execute, progress=say)
     plan = build_plan(src, dataset, models, seed_values, epochs, overrides)
     for warning in plan.warnings:

@@ -64,6 +64,7 @@ def launch(spec: RunSpec, src: Path, python: str, work_dir: Path, *, extra: Opti
     ``work_dir`` receives ``<key>.json`` (spec), ``<key>.result.json`` and ``<key>.log`` (the
     subprocess's full stdout + stderr, MMRec's log lines included).
     """
+    work_dir = Path(os.path.abspath(work_dir))  # the subprocess runs in MMRec's src/, not here
     work_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{spec.model}-seed{spec.seed}-{spec.key}"
     spec_path, result_path, log_path = (work_dir / f"{stem}.json", work_dir / f"{stem}.result.json",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .compare import Progress, QueuedRun, RunFunction, _ensure_dataset, _git_commit, run_queue
+from .compare import Progress, QueuedRun, RunFunction, _ensure_dataset, _git_commit, run_queue, user_path
 from .launch import launch
 from .mmrec_config import check_model, mmrec_src
 from .plan import Plan, RunSpec, build_plan, parse_overrides, seed_list
@@ -94,8 +94,9 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
     if run_fn is None and execute and shutil.which(python) is None and not Path(python).is_file():
         raise ConfigError(f"python={python!r}: interpreter not found; give the Python that has MMRec's requirements.")
     seed_values = seed_list(seeds)
-    results_root = Path(results_dir) / dataset
-    _folder, extra = _ensure_dataset(src, dataset, Path(data_dir) if data_dir is not None else None,
+    results_dir = user_path(results_dir)  # the runs start in MMRec's src/
+    results_root = results_dir / dataset
+    _folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
                                      results_root, write_yaml=execute, progress=say)
     plans: Dict[str, Plan] = {}
     for variant in variants:
