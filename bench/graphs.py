@@ -1,4 +1,4 @@
-"""Time and peak memory of building all homogeneous graphs (src/mmrec_rearm/graphs.py).
+"""Time and peak memory of building all homogeneous graphs (src/mmrec_rearm/graphs/).
 
     python bench/graphs.py [--datasets baby sports] [--out bench/results/graphs.md]
                            [--data-root ../shared/data] [--seed 2025]

@@ -1,4 +1,4 @@
-"""Homogeneous graph builders (src/mmrec_rearm/graphs.py): hand-computed tiny graphs, policies,
+"""Homogeneous graph builders (src/mmrec_rearm/graphs/): hand-computed tiny graphs, policies,
 errors, and the blocked implementation against a dense brute-force reference."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from mmrec_rearm import graphs
+from mmrec_rearm.graphs import cooccurrence, interest, knn
 from mmrec_rearm.errors import DatasetError, GraphParamError
 from mmrec_rearm.graphs import (GraphParams, HomogeneousGraphs, build_graphs, choose_user_route,
                                 cooccurrence_topk, cosine_knn, empty_graph, fuse_graphs,
@@ -121,13 +122,13 @@ def test_duplicate_padding_sums_repeats_and_is_seeded():
 
 def test_padding_draws_are_fixed_by_seed_and_side():
     highs = np.array([3, 7, 7, 2, 100])
-    a = graphs._pad_draws(5, "user", highs)
-    assert np.array_equal(a, graphs._pad_draws(5, "user", highs))
+    a = cooccurrence._pad_draws(5, "user", highs)
+    assert np.array_equal(a, cooccurrence._pad_draws(5, "user", highs))
     assert ((a >= 0) & (a < highs)).all()
-    assert not np.array_equal(graphs._pad_draws(5, "item", np.full(50, 1000)),
-                              graphs._pad_draws(5, "user", np.full(50, 1000)))
+    assert not np.array_equal(cooccurrence._pad_draws(5, "item", np.full(50, 1000)),
+                              cooccurrence._pad_draws(5, "user", np.full(50, 1000)))
     # raw PCG64 bits: the same on every numpy version (values pinned once)
-    assert graphs._pad_draws(0, "user", np.full(6, 1000)).tolist() == PINNED_DRAWS
+    assert cooccurrence._pad_draws(0, "user", np.full(6, 1000)).tolist() == PINNED_DRAWS
 
 
 PINNED_DRAWS = [636, 269, 40, 16, 813, 912]
@@ -136,7 +137,7 @@ PINNED_DRAWS = [636, 269, 40, 16, 813, 912]
 def test_candidate_cap_then_padding(monkeypatch):
     # the official code keeps COOC_CANDIDATES neighbours before cutting to k; with a cap of 1 and
     # k=2, u0 keeps only u1 and the padding repeats it: weight 1
-    monkeypatch.setattr(graphs, "COOC_CANDIDATES", 1)
+    monkeypatch.setattr(cooccurrence, "COOC_CANDIDATES", 1)
     got = cooccurrence_topk(INTER, 2).toarray()
     assert got[0].tolist() == [0, 1, 0, 0, 0]
     got = cooccurrence_topk(INTER, 2, padding="none").toarray()
@@ -339,8 +340,8 @@ def test_build_graphs_by_hand_homogeneous_row():
 
 def test_zero_weights_skip_the_work(monkeypatch):
     calls = []
-    real_cooc, real_feat, real_gram = (graphs.cooccurrence_topk, graphs._item_knn_from_features,
-                                       graphs._item_knn_from_gram)
+    real_cooc, real_feat, real_gram = (cooccurrence.cooccurrence_topk, knn.item_knn_from_features,
+                                       knn.item_knn_from_gram)
 
     def spy(name, real):
         def wrapped(*args, **kwargs):
@@ -351,11 +352,11 @@ def test_zero_weights_skip_the_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("user interest graph must not be built when uu_co_weight == 1")
 
-    monkeypatch.setattr(graphs, "cooccurrence_topk", spy("cooc", real_cooc))
-    monkeypatch.setattr(graphs, "_item_knn_from_features", spy("item", real_feat))
-    monkeypatch.setattr(graphs, "_item_knn_from_gram", spy("item", real_gram))
-    monkeypatch.setattr(graphs, "_user_knn_from_features", refuse)
-    monkeypatch.setattr(graphs, "_user_knn_from_gram", refuse)
+    monkeypatch.setattr(cooccurrence, "cooccurrence_topk", spy("cooc", real_cooc))
+    monkeypatch.setattr(knn, "item_knn_from_features", spy("item", real_feat))
+    monkeypatch.setattr(knn, "item_knn_from_gram", spy("item", real_gram))
+    monkeypatch.setattr(interest, "user_knn_from_features", refuse)
+    monkeypatch.setattr(interest, "user_knn_from_gram", refuse)
     p = GraphParams(user_knn_k=2, item_knn_k=2, uu_co_weight=1.0, ii_co_weight=0.0, i_mm_image_weight=0.0)
     g = build_graphs(INTER, _features(2), p)
     assert g.user_interest.shape == (5, 5) and g.user_interest.nnz == 0
@@ -453,7 +454,7 @@ def _assert_knn_matches(got, vectors, k, knn_self):
 @pytest.fixture
 def small_groups(monkeypatch):
     # few candidate groups so the group filter works on multi-row groups plus a tail
-    monkeypatch.setattr(graphs, "_GROUPS", 8)
+    monkeypatch.setattr(knn, "_GROUPS", 8)
 
 
 @pytest.mark.parametrize("k, knn_self", [(1, False), (5, True), (5, False), (12, True)])
@@ -532,7 +533,7 @@ def test_user_norms_from_gram_in_bounded_chunks(chunk_pairs):
     inter[9] = 0
     x = rng.standard_normal((12, 3))
     gram = (x @ x.T).astype(np.float32)
-    got = graphs._quadratic_forms(sp.csr_matrix(inter), gram, chunk_pairs=chunk_pairs)
+    got = interest._quadratic_forms(sp.csr_matrix(inter), gram, chunk_pairs=chunk_pairs)
     y = inter.astype(np.float64) @ x
     np.testing.assert_allclose(got, (y * y).sum(axis=1), rtol=1e-5, atol=1e-5)
 
