@@ -23,11 +23,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from mmrec_rearm import cache, graphs
 from mmrec_rearm.data import TrainingData
-from mmrec_rearm.graphs import (GraphParams, build_graphs, cooccurrence, cosine_knn, cooccurrence_topk,
+from mmrec_rearm.graphs import (GraphParams, build_graphs, cooccurrence, cosine_knn, cooccurrence_topk, interest,
                                 user_interest_knn)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +141,23 @@ def test_every_route_gives_the_same_bits():
                         for route in ("features", "gram") for b in (None, 2)]
             for other in variants[1:]:
                 assert digest([("g", other)]) == digest([("g", variants[0])])
+
+
+@pytest.mark.parametrize("tile", [1, 4, 7, 29])
+def test_square_tiles_give_the_golden_bits(monkeypatch, tile):
+    """The tile routes used beyond 65,536 nodes reproduce the pinned graphs bit for bit."""
+    by_label = dict(reference_outputs())
+    r = interactions()
+    for name, x in features().items():
+        for knn_self in (True, False):
+            want_item = by_label[f"item/{name}/self={knn_self}/block=None"]
+            want_user = by_label[f"user/features/{name}/self={knn_self}/block=None"]
+            got_item = cosine_knn(x, 4, knn_self=knn_self, tile_size=tile)
+            assert digest([("g", got_item)]) == digest([("g", want_item)])
+            for limit in (interest.DENSE_MAX_BYTES, 0):  # user vectors kept whole / summed per tile
+                monkeypatch.setattr(interest, "DENSE_MAX_BYTES", limit)
+                got_user = user_interest_knn(r, x, 5, knn_self=knn_self, route="features", tile_size=tile)
+                assert digest([("g", got_user)]) == digest([("g", want_user)])
 
 
 def test_an_output_change_fails_the_golden_test_and_a_bump_changes_the_key(monkeypatch):

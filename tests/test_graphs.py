@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from mmrec_rearm import graphs
-from mmrec_rearm.graphs import cooccurrence, interest, knn
+from mmrec_rearm.graphs import cooccurrence, interest, knn, topk
 from mmrec_rearm.errors import DatasetError, GraphParamError
 from mmrec_rearm.graphs import (GraphParams, HomogeneousGraphs, build_graphs, choose_user_route,
                                 cooccurrence_topk, cosine_knn, empty_graph, fuse_graphs,
@@ -454,7 +454,7 @@ def _assert_knn_matches(got, vectors, k, knn_self):
 @pytest.fixture
 def small_groups(monkeypatch):
     # few candidate groups so the group filter works on multi-row groups plus a tail
-    monkeypatch.setattr(knn, "_GROUPS", 8)
+    monkeypatch.setattr(topk, "_GROUPS", 8)
 
 
 @pytest.mark.parametrize("k, knn_self", [(1, False), (5, True), (5, False), (12, True)])
@@ -479,6 +479,63 @@ def test_user_knn_blocked_matches_dense(small_groups, route, k, knn_self):
     got = user_interest_knn(sp.csr_matrix(inter), x, k, knn_self=knn_self, route=route, block_size=9)
     assert_canonical(got, 131)
     _assert_knn_matches(got, inter.astype(np.float64) @ x.astype(np.float64), k, knn_self)
+
+
+@pytest.mark.parametrize("tile", [1, 7, 40, 157])
+@pytest.mark.parametrize("k, knn_self", [(1, False), (5, True), (12, False)])
+def test_item_knn_tiled_matches_dense_and_unblocked(small_groups, tile, k, knn_self):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((157, 6)).astype(np.float32)
+    x[[3, 40]] = 0  # zero vectors
+    got = cosine_knn(x, k, knn_self=knn_self, tile_size=tile)
+    assert_canonical(got, 157)
+    _assert_knn_matches(got, x, k, knn_self)
+    whole = cosine_knn(x, k, knn_self=knn_self)  # one column block over all rows
+    assert np.array_equal(got.indptr, whole.indptr) and np.array_equal(got.indices, whole.indices)
+    np.testing.assert_allclose(got.data, whole.data, atol=1e-6)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("tile", [1, 9, 131])
+@pytest.mark.parametrize("k, knn_self", [(4, True), (7, False)])
+def test_user_knn_tiled_matches_dense_and_unblocked(small_groups, monkeypatch, stream, tile, k, knn_self):
+    if stream:  # as if the user vectors did not fit: each tile is summed again from R
+        monkeypatch.setattr(interest, "DENSE_MAX_BYTES", 0)
+    rng = np.random.default_rng(5)
+    inter = (rng.random((131, 90)) < 0.05).astype(np.float32)
+    inter[[0, 17, 18]] = 0  # users without training items
+    x = rng.standard_normal((90, 5)).astype(np.float32)
+    got = user_interest_knn(sp.csr_matrix(inter), x, k, knn_self=knn_self, route="features", tile_size=tile)
+    assert_canonical(got, 131)
+    _assert_knn_matches(got, inter.astype(np.float64) @ x.astype(np.float64), k, knn_self)
+    whole = user_interest_knn(sp.csr_matrix(inter), x, k, knn_self=knn_self, route="features")
+    assert np.array_equal(got.indptr, whole.indptr) and np.array_equal(got.indices, whole.indices)
+    np.testing.assert_allclose(got.data, whole.data, atol=1e-6)
+
+
+def test_tiles_start_beyond_narrow_column_blocks():
+    assert not knn.use_tiles(65_536, None, None)  # a ~64 MB column block still holds 256 columns
+    assert knn.use_tiles(65_537, None, None)
+    assert not knn.use_tiles(10 ** 6, 16, None)  # an explicit column block wins
+    assert knn.use_tiles(10, None, 4)
+
+
+@pytest.mark.parametrize("kk", [1, 4, 10, 60])
+def test_topk_rows_and_columns_exact_with_ties_and_infinities(small_groups, kk):
+    rng = np.random.default_rng(3)
+    block = rng.integers(-3, 4, size=(37, 53)).astype(np.float32)  # many exact ties
+    block[5, :] = -np.inf  # a row without finite values
+    block[9, 3:] = -np.inf  # a row with three
+    block[:, 7] = -np.inf
+    want = []
+    for r in range(37):
+        finite = [c for c in range(53) if np.isfinite(block[r, c])]
+        best = sorted(finite, key=lambda c: (-block[r, c], c))[:kk]
+        want += [(r, c, float(block[r, c])) for c in best]
+    rows, cols, vals = topk.topk_rows(block, kk)
+    assert list(zip(rows.tolist(), cols.tolist(), vals.tolist())) == want
+    cols_t, rows_t, vals_t = topk.topk_columns(np.ascontiguousarray(block.T), kk)
+    assert list(zip(cols_t.tolist(), rows_t.tolist(), vals_t.tolist())) == want
 
 
 def _dense_cooc(inter, k, empty):

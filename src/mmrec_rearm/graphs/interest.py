@@ -18,9 +18,10 @@ import scipy.sparse as sp
 from ..errors import GraphParamError
 from .blocks import BLOCK_BYTES, Progress
 from .inputs import as_features, binary_matrix, check_k, inverse_norms, row_norms, safe_scale
-from .knn import column_blocks, gram_matrix, knn_graph
+from .knn import column_blocks, gram_matrix, knn_graph, tiled_knn_graph, use_tiles
+from .tiles import TILE_SIZE, tile_bounds
 
-__all__ = ["GRAM_MAX_BYTES", "SPARSE_MAC_COST", "user_interest_features", "choose_user_route",
+__all__ = ["GRAM_MAX_BYTES", "SPARSE_MAC_COST", "DENSE_MAX_BYTES", "user_interest_features", "choose_user_route",
            "user_interest_knn", "user_knn_from_features", "user_knn_from_gram"]
 
 #: The "gram" route of the user interest graph is never taken when G would exceed this.
@@ -29,6 +30,9 @@ GRAM_MAX_BYTES = 2 << 30
 #: Measured on the 2-core reference box: ~160 G BLAS MAC/s against ~1-3 G sparse MAC/s (the
 #: gram route's two products on Baby / Sports, memory-bound).
 SPARSE_MAC_COST = 100.0
+#: The feature route keeps the unit user vectors ``(n_users, d)`` whole up to this size; beyond
+#: it, they are summed again from the interactions for every tile.
+DENSE_MAX_BYTES = 2 << 30
 # Most user blocks handled at once by the gram route (keeps R G's block cache-resident).
 _GRAM_BLOCK_MAX = 256
 
@@ -64,19 +68,40 @@ def choose_user_route(n_users: int, n_items: int, nnz: int, dim: int, gram_share
 
 
 def user_knn_from_features(binary: sp.csr_matrix, x: np.ndarray, k: int, knn_self: bool,
-                            block_size: Optional[int], label: str, progress: Progress) -> sp.csr_matrix:
+                           block_size: Optional[int], label: str, progress: Progress,
+                           tile_size: Optional[int] = None) -> sp.csr_matrix:
     n = binary.shape[0]
-    y = binary @ safe_scale(x)  # (n_users, d) feature sums: same cosines as the means
-    inv = inverse_norms(row_norms(y))
-    y *= inv[:, None]
-    blocks = column_blocks(n, 4 * n, block_size)
+    xs = safe_scale(x)
+    if not use_tiles(n, block_size, tile_size):
+        y = binary @ xs  # (n_users, d) feature sums: same cosines as the means
+        inv = inverse_norms(row_norms(y))
+        y *= inv[:, None]
+        blocks = column_blocks(n, 4 * n, block_size)
 
-    def produce(bounds):
-        s, e = bounds
-        return y @ y[s:e].T
+        def produce(bounds):
+            s, e = bounds
+            return y @ y[s:e].T
 
-    return knn_graph(n, k, knn_self, inv == 0, blocks, produce, produce_in_workers=False,
-                      label=label, progress=progress)
+        return knn_graph(n, k, knn_self, inv == 0, blocks, produce, produce_in_workers=False,
+                         label=label, progress=progress)
+    tile = tile_size or TILE_SIZE
+    if 4 * n * xs.shape[1] <= DENSE_MAX_BYTES:
+        y = binary @ xs
+        inv = inverse_norms(row_norms(y))
+        y *= inv[:, None]
+
+        def vectors(s: int, e: int) -> np.ndarray:
+            return y[s:e]
+    else:
+        # Y itself would not fit: each tile's rows are summed again from the interactions (a
+        # sparse product per tile, small next to the tile's dense one).
+        inv = inverse_norms(np.concatenate([row_norms(binary[s:e] @ xs) for s, e in tile_bounds(n, tile)]))
+
+        def vectors(s: int, e: int) -> np.ndarray:
+            part = binary[s:e] @ xs
+            part *= inv[s:e, None]
+            return part
+    return tiled_knn_graph(n, k, knn_self, inv == 0, vectors, tile, label=label, progress=progress)
 
 
 def _quadratic_forms(binary: sp.csr_matrix, gram: np.ndarray, chunk_pairs: int = 1 << 22) -> np.ndarray:
@@ -138,7 +163,7 @@ def user_knn_from_gram(binary: sp.csr_matrix, gram: np.ndarray, k: int, knn_self
 
 
 def user_interest_knn(interactions, features: np.ndarray, k: int, *, knn_self: bool = True,
-                      route: str = "auto", block_size: Optional[int] = None,
+                      route: str = "auto", block_size: Optional[int] = None, tile_size: Optional[int] = None,
                       progress: Progress = None, label: str = "user_interest") -> sp.csr_matrix:
     """User interest kNN graph of one modality: :func:`cosine_knn` of the users' mean features.
 
@@ -147,7 +172,8 @@ def user_interest_knn(interactions, features: np.ndarray, k: int, *, knn_self: b
     ``R X`` are used. Users without training items (or whose sum is the zero vector) get only a
     self-loop ``1/k``. ``route``: ``"features"``, ``"gram"`` or ``"auto"``
     (:func:`choose_user_route`); all routes give the same graph up to float32 rounding of the
-    cosines. Returns CSR float32 ``(n_users, n_users)``.
+    cosines. ``block_size`` / ``tile_size``: as in :func:`~mmrec_rearm.graphs.knn.cosine_knn` (the
+    feature route; the gram route takes column blocks). Returns CSR float32 ``(n_users, n_users)``.
     """
     binary = binary_matrix(interactions)
     x = as_features(features, binary.shape[1], label)
@@ -155,7 +181,7 @@ def user_interest_knn(interactions, features: np.ndarray, k: int, *, knn_self: b
     if route == "auto":
         route = choose_user_route(binary.shape[0], binary.shape[1], binary.nnz, x.shape[1])
     if route == "features":
-        return user_knn_from_features(binary, x, k, knn_self, block_size, label, progress)
+        return user_knn_from_features(binary, x, k, knn_self, block_size, label, progress, tile_size)
     if route == "gram":
         return user_knn_from_gram(binary, gram_matrix(x), k, knn_self, block_size, label, progress)
     raise GraphParamError(f"route={route!r}: must be 'auto', 'features' or 'gram'.")

@@ -15,68 +15,11 @@ import scipy.sparse as sp
 
 from .blocks import BLOCK_BYTES, Progress, reporter, run_blocks
 from .inputs import as_features, canonical_csr, check_k, inverse_norms, row_norms, safe_scale
+from .tiles import TILE_FROM, TILE_SIZE, symmetric_topk
+from .topk import topk_columns
 
-__all__ = ["cosine_knn", "knn_graph", "column_blocks", "item_knn_from_features", "item_knn_from_gram",
-           "gram_matrix"]
-
-# Number of candidate groups per column in the top-k filter (see _topk_columns).
-_GROUPS = 512
-_FLT_LOWEST = np.float32(-np.finfo(np.float32).max)
-
-
-def _topk_columns(block: np.ndarray, kk: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``kk`` largest finite entries of every column of ``block`` ``(n, b)`` (C-contiguous).
-
-    Exact: rows are cut into groups of ``w`` consecutive rows; the ``kk``-th largest group
-    maximum of a column is a value that at least ``kk`` entries reach, so every top-``kk`` entry
-    is in a group whose maximum reaches it. Only those groups (``kk`` of about ``_GROUPS``) are
-    gathered and sorted, which costs one max-reduction over the block instead of a partition.
-    Returns ``(column, row, value)`` sorted by column, value descending, row ascending.
-    """
-    n, b = block.shape
-    w = max(1, -(-n // max(_GROUPS, 4 * kk)))
-    g = n // w
-    main = g * w
-    grouped = block[:main].reshape(g, w, b)
-    gmax = grouped.max(axis=1)
-    if main < n:
-        gmax = np.concatenate([gmax, block[main:].max(axis=0, keepdims=True)])
-    n_groups = gmax.shape[0]
-    if kk <= n_groups:  # always, by the choice of w; the other branch only keeps this exact
-        thr = np.partition(gmax, n_groups - kk, axis=0)[n_groups - kk]
-        thr = np.maximum(thr, _FLT_LOWEST)  # a column short of finite values never returns -inf
-    else:
-        thr = np.full(b, _FLT_LOWEST, dtype=np.float32)
-    gi, ci = np.nonzero(gmax >= thr)
-    cols_out, rows_out, vals_out = [], [], []
-    in_main = gi < g
-    if in_main.any():
-        g_sel, c_sel = gi[in_main], ci[in_main]
-        vals = grouped[g_sel, :, c_sel]  # (pairs, w)
-        p, off = np.nonzero(vals >= thr[c_sel][:, None])
-        cols_out.append(c_sel[p])
-        rows_out.append(g_sel[p] * w + off)
-        vals_out.append(vals[p, off])
-    if main < n and (~in_main).any():
-        c_sel = ci[~in_main]
-        vals = block[main:, c_sel].T  # (pairs, tail)
-        p, off = np.nonzero(vals >= thr[c_sel][:, None])
-        cols_out.append(c_sel[p])
-        rows_out.append(main + off)
-        vals_out.append(vals[p, off])
-    if not cols_out:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0, dtype=np.float32)
-    cols = np.concatenate(cols_out).astype(np.int64)
-    rows = np.concatenate(rows_out).astype(np.int64)
-    vals = np.concatenate(vals_out)
-    order = np.lexsort((rows, -vals, cols))
-    cols, rows, vals = cols[order], rows[order], vals[order]
-    per_col = np.bincount(cols, minlength=b)
-    rank = np.arange(cols.size) - (np.cumsum(per_col) - per_col)[cols]
-    chosen = rank < kk
-    return cols[chosen], rows[chosen], vals[chosen]
-
+__all__ = ["cosine_knn", "knn_graph", "tiled_knn_graph", "assemble_knn", "use_tiles", "column_blocks",
+           "item_knn_from_features", "item_knn_from_gram", "gram_matrix"]
 
 def column_blocks(n: int, per_column_bytes: int, block_size: Optional[int], cap: int = 4096) -> List[Tuple[int, int]]:
     if block_size is None:
@@ -104,17 +47,46 @@ def knn_graph(n: int, k: int, knn_self: bool, zero: np.ndarray, blocks: List[Tup
             block[s + local, local] = -np.inf
             if zero_ids.size:
                 block[zero_ids, :] = -np.inf
-            c, r, v = _topk_columns(block, kk)
+            c, r, v = topk_columns(block, kk)
             return c + s, r, v
 
         if progress is not None:
             progress(f"{label}: {len(blocks)} blocks of {blocks[0][1] - blocks[0][0]} nodes")
         parts = run_blocks(blocks, produce, consume, produce_in_workers=produce_in_workers,
                             report=reporter(progress, label, len(blocks)))
+    return assemble_knn(n, k, knn_self, zero, parts)
+
+
+def tiled_knn_graph(n: int, k: int, knn_self: bool, zero: np.ndarray, vectors: Callable[[int, int], np.ndarray],
+                    tile: Optional[int], *, label: str, progress: Progress) -> sp.csr_matrix:
+    """:func:`knn_graph` from square tiles of the cosine matrix (:func:`tiles.symmetric_topk`).
+
+    ``vectors(s, e)`` returns the unit vectors ``(e - s, d)`` of nodes ``s..e-1``.
+    """
+    kk = k - 1 if knn_self else k
+    parts = []
+    if kk > 0 and int(zero.sum()) < n:
+        parts = symmetric_topk(n, kk, zero, vectors, tile=tile or TILE_SIZE, label=label, progress=progress)
+    return assemble_knn(n, k, knn_self, zero, parts)
+
+
+def use_tiles(n: int, block_size: Optional[int], tile_size: Optional[int]) -> bool:
+    """Square tiles when asked for, or when a ~64 MB column block would hold under ``TILE_FROM`` columns."""
+    if tile_size is not None:
+        return True
+    return block_size is None and BLOCK_BYTES // (4 * max(1, n)) < TILE_FROM
+
+
+def assemble_knn(n: int, k: int, knn_self: bool, zero: np.ndarray, parts: list) -> sp.csr_matrix:
+    """The kNN graph ``(n, n)`` from ``(node, neighbour, cosine)`` triplets: ``cos / k``, self-loops ``1/k``.
+
+    Zero-vector nodes keep only their self-loop; with ``knn_self`` every node gets one.
+    """
+    zero_ids = np.flatnonzero(zero)
     rows = [p[0] for p in parts]
     cols = [p[1] for p in parts]
     vals = [p[2].astype(np.float64) for p in parts]
-    if rows:
+    if rows and zero_ids.size:
         rows_all = np.concatenate(rows)
         valid = ~zero[rows_all]
         rows, cols, vals = [rows_all[valid]], [np.concatenate(cols)[valid]], [np.concatenate(vals)[valid]]
@@ -126,10 +98,13 @@ def knn_graph(n: int, k: int, knn_self: bool, zero: np.ndarray, blocks: List[Tup
 
 
 def item_knn_from_features(x: np.ndarray, k: int, knn_self: bool, block_size: Optional[int],
-                            label: str, progress: Progress) -> sp.csr_matrix:
+                           label: str, progress: Progress, tile_size: Optional[int] = None) -> sp.csr_matrix:
     n = x.shape[0]
     x = safe_scale(x)
     inv = inverse_norms(row_norms(x))
+    if use_tiles(n, block_size, tile_size):
+        return tiled_knn_graph(n, k, knn_self, inv == 0, lambda s, e: x[s:e] * inv[s:e, None], tile_size,
+                               label=label, progress=progress)
     blocks = column_blocks(n, 4 * n, block_size)
 
     def produce(bounds):
@@ -160,19 +135,24 @@ def item_knn_from_gram(gram: np.ndarray, k: int, knn_self: bool, block_size: Opt
 
 
 def cosine_knn(features: np.ndarray, k: int, *, knn_self: bool = True,
-               block_size: Optional[int] = None, progress: Progress = None,
-               label: str = "item_semantic") -> sp.csr_matrix:
+               block_size: Optional[int] = None, tile_size: Optional[int] = None,
+               progress: Progress = None, label: str = "item_semantic") -> sp.csr_matrix:
     """Cosine kNN graph of the rows of ``features`` ``(n, d)``: eq. (2) + degree normalisation.
 
     Row ``i`` keeps its ``k`` most cosine-similar rows with weight ``cos / k``. With ``knn_self``
     (official) the row itself is one of the ``k``, with weight exactly ``1/k``; otherwise the ``k``
     most similar other rows. Ties: lower id first. Cosines can be negative and are kept as they
     are. An all-zero row has no direction: it is nobody's neighbour and gets only a self-loop
-    ``1/k``. ``block_size``: columns per block (default: ~64 MB blocks). Returns CSR float32 ``(n, n)``.
+    ``1/k``. Returns CSR float32 ``(n, n)``.
+
+    The cosines come a block at a time: ``block_size`` columns over all rows (default ~64 MB
+    blocks), or, with ``tile_size`` (default beyond 65,536 rows, where such a block gets too
+    narrow), square tiles of the upper triangle, each serving both its rows and its columns.
+    Both are exact; they differ only in float32 rounding of the cosines.
     """
     x = as_features(features, np.asarray(features).shape[0], label)
     k = check_k(k, x.shape[0], "k")
-    return item_knn_from_features(x, k, knn_self, block_size, label, progress)
+    return item_knn_from_features(x, k, knn_self, block_size, label, progress, tile_size)
 
 
 def gram_matrix(x: np.ndarray) -> np.ndarray:
