@@ -55,13 +55,15 @@ def choose_user_route(n_users: int, n_items: int, nnz: int, dim: int, gram_share
     """``"features"`` or ``"gram"``: the cheaper exact route to a user interest kNN graph.
 
     Estimated multiply-adds (a sparse one costs :data:`SPARSE_MAC_COST` BLAS ones):
-    features = ``n_users^2 d + c nnz d``; gram = ``n_items^2 d`` (0 when the item side needs the
-    same Gram anyway, ``gram_shared``) ``+ c nnz (n_items + n_users)``. The gram route also needs
-    ``4 n_items^2`` bytes and is refused above :data:`GRAM_MAX_BYTES`.
+    features = ``n_users^2 d + c nnz d`` (half the first term where square tiles are used, beyond
+    65,536 users); gram = ``n_items^2 d`` (0 when the item side needs the same Gram anyway,
+    ``gram_shared``) ``+ c nnz (n_items + n_users)``. The gram route also needs ``4 n_items^2``
+    bytes and is refused above :data:`GRAM_MAX_BYTES`.
     """
     if 4 * n_items * n_items > GRAM_MAX_BYTES:
         return "features"
-    via_features = float(n_users) ** 2 * dim + SPARSE_MAC_COST * nnz * dim
+    share = 0.5 if use_tiles(n_users, None, None) else 1.0
+    via_features = share * float(n_users) ** 2 * dim + SPARSE_MAC_COST * nnz * dim
     via_gram = (0.0 if gram_shared else float(n_items) ** 2 * dim) + \
         SPARSE_MAC_COST * float(nnz) * (n_items + n_users)
     return "gram" if via_gram < via_features else "features"

@@ -1,0 +1,480 @@
+"""How the graph build grows with the data: time and peak RSS per graph from 20k to 1M users.
+
+    python bench/scale.py [--sizes 20000 100000 300000 1000000] [--dims 384 4096]
+                          [--out bench/results/scale.md] [--json bench/results/scale.json]
+                          [--work DIR] [--memory-limit-gb 12] [--replot]
+
+Data: ``synth.power_law_interactions`` (seeded, long-tail users and items, 5-core) with
+``n_items = n_users / 10`` (MicroLens-1M has 1M users and 91k items) and about 9 interactions per
+user, all of them training interactions; one seeded float32 feature matrix ``(n_items, d)``
+uniform in [0, 1) like bench/graphs.py (timing only, never quality). Parameters: the default
+``GraphParams`` (REARM's Baby settings) with that single modality, so both the user interest and
+the item semantic graph use it.
+
+Each case (size x width) runs in fresh processes, one at a time, in ascending size:
+
+* **cold**: ``cache.load_or_build`` into an empty cache folder (fingerprint, build, store);
+* **cache**: a second process asks for the same graphs (a cache hit).
+
+Per graph: wall and CPU seconds and the peak RSS while it was built (the kernel's high-water
+mark, reset at the start of each graph through ``/proc/self/clear_refs``; data and earlier
+graphs included, nothing subtracted). Whole build: wall and CPU seconds, peak RSS of the process.
+The parent stops a child whose RSS passes ``--memory-limit-gb`` (other jobs share the machine)
+and records that. Every case is merged into the JSON as soon as it ends (``--sizes`` / ``--dims``
+pick cases, so a long series can be run piecewise); the report, the plot and the growth
+exponents (least-squares slope of log time / log memory against log interactions) are redrawn
+from the whole JSON each time (``--replot`` only redraws).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "bench" / "results" / "scale.md"
+DEFAULT_JSON = REPO / "bench" / "results" / "scale.json"
+SIZES = (20_000, 100_000, 300_000, 1_000_000)
+DIMS = (384, 4096)
+ITEMS_PER_USER = 0.1
+PER_USER = 9.5  # Pareto mean of the draws; merging repeats and the 5-core filter leave about 9
+SEED = 0
+GRAPHS = ("user_cooccurrence", "item_cooccurrence", "user_interest", "item_semantic", "fusion")
+#: Targets of the issue: (users, width) -> (seconds, GiB) for the whole cold build.
+TARGETS = {(1_000_000, 384): (15 * 60.0, 12.0)}
+COOC_EXPONENT_TARGET = 1.3
+
+
+# --------------------------------------------------------------------------------------------
+# In the child process
+
+
+def _hwm_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # Linux: reset the peak RSS to the current RSS
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Phases:
+    """Wall, CPU and peak RSS of each graph, by wrapping the builders that build_graphs calls."""
+
+    def __init__(self) -> None:
+        self.stats: Dict[str, dict] = {}
+        self.peak_kib = 0
+
+    def wrap(self, module, attr: str, name) -> None:
+        real = getattr(module, attr)
+
+        def wrapped(*args, **kwargs):
+            label = name(args, kwargs) if callable(name) else name
+            self.peak_kib = max(self.peak_kib, _hwm_kib())
+            _reset_hwm()
+            start_rss, t0, c0 = _rss_kib(), time.perf_counter(), _cpu()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                peak = _hwm_kib()
+                self.peak_kib = max(self.peak_kib, peak)
+                s = self.stats.setdefault(label, {"wall_s": 0.0, "cpu_s": 0.0, "peak_gib": 0.0,
+                                                  "start_gib": start_rss / 2 ** 20})
+                s["wall_s"] += time.perf_counter() - t0
+                s["cpu_s"] += _cpu() - c0
+                s["peak_gib"] = max(s["peak_gib"], peak / 2 ** 20)
+
+        setattr(module, attr, wrapped)
+
+    def install(self) -> None:
+        from mmrec_rearm.graphs import build, cooccurrence, interest, knn
+
+        self.wrap(cooccurrence, "cooccurrence_topk", lambda a, kw: f"{kw.get('side', 'user')}_cooccurrence")
+        self.wrap(interest, "user_knn_from_features", "user_interest")
+        self.wrap(interest, "user_knn_from_gram", "user_interest")
+        self.wrap(knn, "gram_matrix", "user_interest")  # the shared item Gram counts there, as in build_graphs
+        self.wrap(knn, "item_knn_from_features", "item_semantic")
+        self.wrap(knn, "item_knn_from_gram", "item_semantic")
+        self.wrap(build, "fuse_graphs", "fusion")
+
+
+def _load(work: Path, dim: int, seed: int):
+    import numpy as np
+
+    from mmrec_rearm.data import TrainingData, training_matrix
+
+    z = np.load(work / "interactions.npz")
+    n_users, n_items = int(z["n_users"]), int(z["n_items"])
+    matrix = training_matrix(z["users"], z["items"], n_users, n_items)
+    features = {"features": np.random.default_rng(seed + dim).random((n_items, dim), dtype=np.float32)}
+    return TrainingData(n_users=n_users, n_items=n_items, interactions=matrix, features=features, source={})
+
+
+def _child(mode: str, work: Path, dim: int, seed: int, record: Path) -> None:
+    import numpy as np
+
+    from mmrec_rearm import cache
+    from mmrec_rearm.graphs import GraphParams
+
+    t0, c0 = time.perf_counter(), _cpu()
+    data = _load(work, dim, seed)
+    load = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0, "rss_gib": _rss_kib() / 2 ** 20}
+    phases = _Phases()
+    if mode == "cold":
+        phases.install()
+    log: List[str] = []
+    started = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        log.append(f"{time.perf_counter() - started:9.2f}s {msg}")
+
+    params = GraphParams()
+    t0, c0 = time.perf_counter(), _cpu()
+    graphs, hit = cache.load_or_build(data, params, cache_dir=work / "cache", progress=progress)
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    phases.peak_kib = max(phases.peak_kib, _hwm_kib())
+    degrees = np.diff(data.interactions.tocsc().indptr).astype(np.float64)
+    out = {
+        "mode": mode, "hit": bool(hit), "wall_s": wall, "cpu_s": cpu,
+        "peak_gib": max(phases.peak_kib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 2 ** 20,
+        "load": load, "graphs": phases.stats,
+        "seconds": {k: float(v) for k, v in graphs.seconds.items()},
+        "edges": {g: int(getattr(graphs, g).nnz) for g in graphs.GRAPH_NAMES},
+        "n_users": int(data.n_users), "n_items": int(data.n_items), "nnz": int(data.interactions.nnz),
+        "item_degree_sq": float((degrees ** 2).sum()),
+        "user_degree_sq": float((np.diff(data.interactions.indptr).astype(np.float64) ** 2).sum()),
+        "dim": dim, "routes": [m.split("s ", 1)[1] for m in log if "route" in m or "tiles" in m or "blocks of" in m],
+        "log_tail": log[-12:],
+    }
+    record.write_text(json.dumps(out, indent=1))
+
+
+def _prepare(n_users: int, work: Path, seed: int) -> dict:
+    import numpy as np
+
+    from mmrec_rearm.synth import power_law_interactions
+
+    t0 = time.perf_counter()
+    users, items, nu, ni = power_law_interactions(n_users, int(n_users * ITEMS_PER_USER), per_user=PER_USER,
+                                                  seed=seed)
+    np.savez(work / "interactions.npz", users=users, items=items, n_users=nu, n_items=ni)
+    return {"n_users": nu, "n_items": ni, "nnz": int(users.size), "seconds": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------------------------
+# In the parent
+
+
+def _load_average() -> List[float]:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def _run_child(args: List[str], limit_gib: float) -> dict:
+    """Run a child, stopping it if its RSS passes ``limit_gib``; -> status fields."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())] + args)
+    stopped = None
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            rss = 0
+        if rss / 2 ** 20 > limit_gib:
+            stopped = f"stopped: RSS {rss / 2 ** 20:.1f} GiB passed the {limit_gib:g} GiB limit"
+            proc.kill()
+            proc.wait()
+            break
+        time.sleep(0.5)
+    return {"returncode": proc.returncode, "stopped": stopped}
+
+
+def _machine() -> Dict[str, str]:
+    import numpy as np
+    import scipy
+
+    model = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = "?"
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{kib / 2 ** 20:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu": model, "cores": str(len(os.sched_getaffinity(0))), "memory": memory,
+            "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__}
+
+
+def run_case(n_users: int, dims: List[int], work_root: Path, seed: int, limit_gib: float) -> List[dict]:
+    work = Path(tempfile.mkdtemp(prefix=f"scale-{n_users}-", dir=work_root))
+    records = []
+    try:
+        print(f"[scale] {n_users:,} users: generating interactions ...", flush=True)
+        data = _prepare(n_users, work, seed)
+        print(f"[scale]   {data['n_users']:,} users x {data['n_items']:,} items, {data['nnz']:,} interactions "
+              f"({data['seconds']:.1f} s)", flush=True)
+        for dim in dims:
+            case = {"users_asked": n_users, "dim": dim, "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "load_before": _load_average()}
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            for mode in ("cold", "cache"):
+                record = work / f"{mode}.json"
+                print(f"[scale] {n_users:,} users, {dim}-d: {mode} run ...", flush=True)
+                status = _run_child(["--child", mode, "--work", str(work), "--dim", str(dim), "--seed", str(seed),
+                                     "--record", str(record)], limit_gib)
+                if status["returncode"] != 0 or not record.exists():
+                    case[mode] = {"failed": status["stopped"] or f"exit code {status['returncode']}"}
+                    print(f"[scale]   {mode}: {case[mode]['failed']}", flush=True)
+                    break
+                case[mode] = json.loads(record.read_text())
+                record.unlink()
+                r = case[mode]
+                print(f"[scale]   {mode}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, peak RSS "
+                      f"{r['peak_gib']:.2f} GiB" + (", hit" if r["hit"] else ""), flush=True)
+            case["load_after"] = _load_average()
+            records.append(case)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _slope(xs: List[float], ys: List[float]) -> Optional[float]:
+    """Least-squares slope of log(y) against log(x); None with fewer than two positive points."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else None
+
+
+def _measured(cases: List[dict], dim: int) -> List[dict]:
+    return [c for c in cases if c["dim"] == dim and "wall_s" in c.get("cold", {})]
+
+
+def exponents(cases: List[dict], dim: int) -> Dict[str, Dict[str, Optional[float]]]:
+    """Growth exponents of one width: wall / CPU time and peak RSS against interactions."""
+    rows = _measured(cases, dim)
+    nnz = [float(c["cold"]["nnz"]) for c in rows]
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for g in GRAPHS:
+        out[g] = {"wall": _slope(nnz, [c["cold"]["graphs"].get(g, {}).get("wall_s", 0.0) for c in rows]),
+                  "cpu": _slope(nnz, [c["cold"]["graphs"].get(g, {}).get("cpu_s", 0.0) for c in rows]),
+                  "peak": _slope(nnz, [c["cold"]["graphs"].get(g, {}).get("peak_gib", 0.0) for c in rows])}
+    out["build"] = {"wall": _slope(nnz, [c["cold"]["wall_s"] for c in rows]),
+                    "cpu": _slope(nnz, [c["cold"]["cpu_s"] for c in rows]),
+                    "peak": _slope(nnz, [c["cold"]["peak_gib"] for c in rows])}
+    out["cache"] = {"wall": _slope(nnz, [c["cache"]["wall_s"] for c in rows if "wall_s" in c.get("cache", {})]),
+                    "cpu": None, "peak": _slope(nnz, [c["cache"]["peak_gib"] for c in rows
+                                                      if "wall_s" in c.get("cache", {})])}
+    work = [c["cold"]["item_degree_sq"] for c in rows]
+    out["user_cooccurrence_vs_work"] = {
+        "wall": _slope(work, [c["cold"]["graphs"].get("user_cooccurrence", {}).get("wall_s", 0.0) for c in rows]),
+        "cpu": _slope(work, [c["cold"]["graphs"].get("user_cooccurrence", {}).get("cpu_s", 0.0) for c in rows]),
+        "peak": None}
+    return out
+
+
+def _fmt(value: Optional[float], spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _plot(cases: List[dict], path: Path) -> Optional[str]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "matplotlib is not installed: no plot"
+    fig = Figure(figsize=(12, 4.8))
+    FigureCanvasAgg(fig)
+    ax_t, ax_m = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    colours = dict(zip(GRAPHS + ("build",), ("C0", "C1", "C2", "C3", "C4", "k")))
+    for dim, style in zip(sorted({c["dim"] for c in cases}), ("-", "--", ":")):
+        rows = _measured(cases, dim)
+        if not rows:
+            continue
+        nnz = [c["cold"]["nnz"] for c in rows]
+        for g in GRAPHS + ("build",):
+            if g == "build":
+                wall = [c["cold"]["wall_s"] for c in rows]
+                peak = [c["cold"]["peak_gib"] for c in rows]
+            else:
+                wall = [c["cold"]["graphs"].get(g, {}).get("wall_s", float("nan")) for c in rows]
+                peak = [c["cold"]["graphs"].get(g, {}).get("peak_gib", float("nan")) for c in rows]
+            kw = dict(color=colours[g], linestyle=style, marker="o", label=f"{g} ({dim}-d)")
+            ax_t.plot(nnz, wall, **kw)
+            ax_m.plot(nnz, peak, **kw)
+        ax_t.plot(nnz, [c["cache"].get("wall_s", float("nan")) for c in rows], color="grey", linestyle=style,
+                  marker="x", label=f"cache hit ({dim}-d)")
+    for ax, label in ((ax_t, "wall time (s)"), (ax_m, "peak RSS while building (GiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training interactions")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=6, ncol=2)
+    fig.suptitle("Graph build cost against dataset size (bench/scale.py)")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    return None
+
+
+def write_report(results: dict, out: Path) -> None:
+    cases = results.get("cases", [])
+    png = out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_note = _plot(cases, png) if cases else "no case measured yet"
+    machine = results.get("machine", {})
+    lines = [
+        "# Graph build cost from 20k to 1M users", "",
+        "Written by `python bench/scale.py` (see its docstring for the method). Seeded long-tail 5-core "
+        "interactions (`synth.power_law_interactions`, items = users / 10, about 9 interactions per user), "
+        "one seeded random float32 feature matrix per width (timing only), default `GraphParams` (REARM's "
+        "Baby settings: user_knn_k=40, item_knn_k=10, uu_co_weight=0.4, ii_co_weight=0.2), one modality. "
+        "Each case runs in fresh processes, one case at a time; *cold* builds into an empty cache, *cache* "
+        "is a second process served from it. Peak RSS is the process's high-water mark (data included). "
+        "Wall times depend on what else runs on the machine: the load average (1 min) before and after each "
+        "case is listed, and CPU seconds (all threads of the process) are given beside wall seconds.", "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".", "",
+    ]
+    for dim in sorted({c["dim"] for c in cases}):
+        lines += [f"## {dim}-d features", "",
+                  "| users | items | interactions | sum deg_i^2 | user co-occ. (s) | item co-occ. (s) | user interest (s) "
+                  "| item semantic (s) | fusion (s) | **cold build wall (s)** | cold CPU (s) | **cold peak RSS (GiB)** "
+                  "| cache hit wall (s) | cache peak RSS (GiB) | load avg before / after |",
+                  "|---" * 15 + "|"]
+        for c in [c for c in cases if c["dim"] == dim]:
+            cold, warm = c.get("cold", {}), c.get("cache", {})
+            if "wall_s" not in cold:
+                lines.append(f"| {c['users_asked']:,} (asked) | | | | | | | | | {cold.get('failed', 'not run')} "
+                             "| | | | | |")
+                continue
+            g = cold["graphs"]
+            cell = lambda name: _fmt(g.get(name, {}).get("wall_s"), ".1f")  # noqa: E731
+            lines.append(
+                f"| {cold['n_users']:,} | {cold['n_items']:,} | {cold['nnz']:,} | {cold['item_degree_sq']:.3g} | "
+                + " | ".join(cell(n) for n in GRAPHS)
+                + f" | **{cold['wall_s']:.1f}** | {cold['cpu_s']:.1f} | **{cold['peak_gib']:.2f}** | "
+                f"{_fmt(warm.get('wall_s'), '.2f')} | {_fmt(warm.get('peak_gib'), '.2f')} | "
+                f"{_fmt((c.get('load_before') or [None])[0], '.1f')} / {_fmt((c.get('load_after') or [None])[0], '.1f')} |")
+        lines += ["", "Peak RSS while each graph was built (GiB; data and the graphs built before it included) "
+                  "and its CPU seconds:", "",
+                  "| users | " + " | ".join(f"{n} peak / CPU" for n in GRAPHS) + " | routes |",
+                  "|---" * (len(GRAPHS) + 2) + "|"]
+        for c in _measured(cases, dim):
+            g = c["cold"]["graphs"]
+            lines.append(f"| {c['cold']['n_users']:,} | " + " | ".join(
+                f"{_fmt(g.get(n, {}).get('peak_gib'))} / {_fmt(g.get(n, {}).get('cpu_s'), '.1f')}" for n in GRAPHS)
+                + " | " + "; ".join(c["cold"].get("routes", [])) + " |")
+        exp = exponents(cases, dim)
+        lines += ["", f"Growth exponents ({dim}-d): least-squares slope of log(cost) against log(interactions) "
+                  "over the sizes measured.", "",
+                  "| step | wall time | CPU time | peak RSS |", "|---|---|---|---|"]
+        for name, e in exp.items():
+            label = ("user co-occurrence against sum deg_i^2 (its work)" if name == "user_cooccurrence_vs_work"
+                     else name)
+            lines.append(f"| {label} | {_fmt(e['wall'])} | {_fmt(e['cpu'])} | {_fmt(e['peak'])} |")
+        lines.append("")
+    lines += ["## Targets", ""]
+    for (users, dim), (seconds, gib) in TARGETS.items():
+        hit = [c for c in cases if c["users_asked"] == users and c["dim"] == dim and "wall_s" in c.get("cold", {})]
+        if not hit:
+            lines.append(f"- {users:,} users, {dim}-d: <= {seconds / 60:g} min and <= {gib:g} GiB: not measured.")
+            continue
+        cold = hit[0]["cold"]
+        ok = cold["wall_s"] <= seconds and cold["peak_gib"] <= gib
+        lines.append(f"- {users:,} users, {dim}-d: <= {seconds / 60:g} min and <= {gib:g} GiB: "
+                     f"{cold['wall_s'] / 60:.1f} min, {cold['peak_gib']:.2f} GiB: **{'met' if ok else 'missed'}**.")
+    for dim in sorted({c["dim"] for c in cases}):
+        exp = exponents(cases, dim)
+        for g in ("user_cooccurrence", "item_cooccurrence"):
+            e = exp[g]["wall"]
+            if e is not None:
+                lines.append(f"- {g} wall-time exponent ({dim}-d) <= {COOC_EXPONENT_TARGET}: {e:.2f}: "
+                             f"**{'met' if e <= COOC_EXPONENT_TARGET else 'missed'}** (CPU: {_fmt(exp[g]['cpu'])}).")
+    lines += ["", f"![time and memory against interactions]({png.name})" if plot_note is None else f"({plot_note})", ""]
+    notes = results.get("notes")
+    if notes:
+        lines += ["## Notes", ""] + list(notes) + [""]
+    out.write_text("\n".join(lines))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument("--work", type=Path, default=None, help="folder for the data and caches (default: temp)")
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--memory-limit-gb", type=float, default=12.0)
+    ap.add_argument("--replot", action="store_true", help="only redraw the report from the JSON")
+    ap.add_argument("--child", choices=("cold", "cache"), help=argparse.SUPPRESS)
+    ap.add_argument("--dim", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--record", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(args.child, args.work, args.dim, args.seed, args.record)
+        return 0
+    results = json.loads(args.json.read_text()) if args.json.exists() else {"cases": []}
+    if not args.replot:
+        work_root = args.work or Path(tempfile.gettempdir())
+        work_root.mkdir(parents=True, exist_ok=True)
+        for n_users in sorted(args.sizes):
+            for case in run_case(n_users, args.dims, work_root, args.seed, args.memory_limit_gb):
+                results["cases"] = [c for c in results["cases"]
+                                    if (c["users_asked"], c["dim"]) != (case["users_asked"], case["dim"])] + [case]
+                results["cases"].sort(key=lambda c: (c["dim"], c["users_asked"]))
+                results["machine"] = _machine()
+                results["settings"] = {"items_per_user": ITEMS_PER_USER, "per_user_draws": PER_USER, "seed": args.seed,
+                                       "params": "GraphParams() defaults, one modality"}
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=1))
+                write_report(results, args.out)
+    write_report(results, args.out)
+    print(f"[scale] wrote {args.json} and {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
