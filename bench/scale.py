@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "scale.md"
@@ -125,6 +125,65 @@ class _Phases:
         self.wrap(build, "fuse_graphs", "fusion")
 
 
+class _StopSampling(Exception):
+    pass
+
+
+def _sample_user_tiles(fraction: float, info: dict) -> None:
+    """Benchmark-only: time the user interest graph's square tiles on the first rows of tiles.
+
+    The tiled driver is run until it starts the row of tiles after the first ``fraction`` of them;
+    the wall and CPU seconds of those rows, scaled by (all tile pairs) / (tile pairs done), stand
+    for the whole graph (every tile pair costs the same GEMM; the selection gets cheaper as the
+    per-node floors rise, so this errs on the slow side). The graph returned has ``kk`` made-up
+    neighbours per node, so that assembly, fusion and the cache handle graphs of the real size.
+    """
+    import numpy as np
+
+    from mmrec_rearm.graphs import knn, tiles
+
+    real = tiles.symmetric_topk
+
+    def sampled(n, kk, zero, vectors, *, tile=tiles.TILE_SIZE, label="knn", progress=None):
+        if not label.startswith("user_interest"):
+            return real(n, kk, zero, vectors, tile=tile, label=label, progress=progress)
+        bounds = tiles.tile_bounds(n, tile)
+        stop_row = max(1, math.ceil(fraction * len(bounds)))
+        state = {"rows": 0, "left": 0}  # rows started; calls left in the current row
+
+        def counting(s, e):
+            # the driver asks for row p's own tile, then for every later tile q > p
+            if state["left"] == 0:
+                if state["rows"] == stop_row:
+                    raise _StopSampling
+                state["left"] = len(bounds) - 1 - state["rows"]
+                state["rows"] += 1
+            else:
+                state["left"] -= 1
+            return vectors(s, e)
+
+        t0, c0 = time.perf_counter(), _cpu()
+        try:
+            real(n, kk, zero, counting, tile=tile, label=label, progress=progress)
+            done = len(bounds)
+        except _StopSampling:
+            done = stop_row
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
+        total_pairs = len(bounds) * (len(bounds) + 1) / 2
+        pairs = sum(len(bounds) - p for p in range(done))
+        info.update(tile_rows=len(bounds), rows_done=done, pairs_done=pairs, pairs_total=total_pairs,
+                    sampled_wall_s=wall, sampled_cpu_s=cpu, scale=total_pairs / pairs)
+        out = []
+        for s, e in bounds:
+            node = np.repeat(np.arange(s, e, dtype=np.int64), kk)
+            neighbour = (node + np.tile(np.arange(1, kk + 1, dtype=np.int64), e - s)) % n
+            out.append((node, neighbour, np.full(node.size, 0.5, dtype=np.float32)))
+        return out
+
+    tiles.symmetric_topk = sampled
+    knn.symmetric_topk = sampled  # knn imported the name
+
+
 def _load(work: Path, dim: int, seed: int):
     import numpy as np
 
@@ -137,7 +196,7 @@ def _load(work: Path, dim: int, seed: int):
     return TrainingData(n_users=n_users, n_items=n_items, interactions=matrix, features=features, source={})
 
 
-def _child(mode: str, work: Path, dim: int, seed: int, record: Path) -> None:
+def _child(mode: str, work: Path, dim: int, seed: int, record: Path, sample: Optional[float] = None) -> None:
     import numpy as np
 
     from mmrec_rearm import cache
@@ -147,8 +206,11 @@ def _child(mode: str, work: Path, dim: int, seed: int, record: Path) -> None:
     data = _load(work, dim, seed)
     load = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0, "rss_gib": _rss_kib() / 2 ** 20}
     phases = _Phases()
+    sampling: dict = {}
     if mode == "cold":
         phases.install()
+        if sample:
+            _sample_user_tiles(sample, sampling)
     log: List[str] = []
     started = time.perf_counter()
 
@@ -173,6 +235,17 @@ def _child(mode: str, work: Path, dim: int, seed: int, record: Path) -> None:
         "dim": dim, "routes": [m.split("s ", 1)[1] for m in log if "route" in m or "tiles" in m or "blocks of" in m],
         "log_tail": log[-12:],
     }
+    if sampling:
+        # the user interest graph's time is extrapolated from its sampled tiles
+        out["user_interest_sampled"] = sampling
+        g = out["graphs"]["user_interest"]
+        extra_wall = sampling["sampled_wall_s"] * (sampling["scale"] - 1)
+        extra_cpu = sampling["sampled_cpu_s"] * (sampling["scale"] - 1)
+        g["wall_s"] += extra_wall
+        g["cpu_s"] += extra_cpu
+        out["wall_s"] += extra_wall
+        out["cpu_s"] += extra_cpu
+        out["seconds"]["user_interest"] += extra_wall
     record.write_text(json.dumps(out, indent=1))
 
 
@@ -240,9 +313,10 @@ def _machine() -> Dict[str, str]:
             "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__}
 
 
-def run_case(n_users: int, dims: List[int], work_root: Path, seed: int, limit_gib: float) -> List[dict]:
+def run_case(n_users: int, dims: List[int], work_root: Path, seed: int, limit_gib: float,
+             sample: Optional[float] = None) -> Iterator[dict]:
+    """Yields one record per width as soon as it is measured."""
     work = Path(tempfile.mkdtemp(prefix=f"scale-{n_users}-", dir=work_root))
-    records = []
     try:
         print(f"[scale] {n_users:,} users: generating interactions ...", flush=True)
         data = _prepare(n_users, work, seed)
@@ -256,7 +330,8 @@ def run_case(n_users: int, dims: List[int], work_root: Path, seed: int, limit_gi
                 record = work / f"{mode}.json"
                 print(f"[scale] {n_users:,} users, {dim}-d: {mode} run ...", flush=True)
                 status = _run_child(["--child", mode, "--work", str(work), "--dim", str(dim), "--seed", str(seed),
-                                     "--record", str(record)], limit_gib)
+                                     "--record", str(record)] + (["--sample", str(sample)] if sample else []),
+                                    limit_gib)
                 if status["returncode"] != 0 or not record.exists():
                     case[mode] = {"failed": status["stopped"] or f"exit code {status['returncode']}"}
                     print(f"[scale]   {mode}: {case[mode]['failed']}", flush=True)
@@ -267,10 +342,9 @@ def run_case(n_users: int, dims: List[int], work_root: Path, seed: int, limit_gi
                 print(f"[scale]   {mode}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, peak RSS "
                       f"{r['peak_gib']:.2f} GiB" + (", hit" if r["hit"] else ""), flush=True)
             case["load_after"] = _load_average()
-            records.append(case)
+            yield case
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,13 +464,23 @@ def write_report(results: dict, out: Path) -> None:
                              "| | | | | |")
                 continue
             g = cold["graphs"]
-            cell = lambda name: _fmt(g.get(name, {}).get("wall_s"), ".1f")  # noqa: E731
+            mark = "~" if "user_interest_sampled" in cold else ""
+            cell = lambda name: (mark if name == "user_interest" else "") + _fmt(  # noqa: E731
+                g.get(name, {}).get("wall_s"), ".1f")
             lines.append(
                 f"| {cold['n_users']:,} | {cold['n_items']:,} | {cold['nnz']:,} | {cold['item_degree_sq']:.3g} | "
                 + " | ".join(cell(n) for n in GRAPHS)
-                + f" | **{cold['wall_s']:.1f}** | {cold['cpu_s']:.1f} | **{cold['peak_gib']:.2f}** | "
+                + f" | **{mark}{cold['wall_s']:.1f}** | {mark}{cold['cpu_s']:.1f} | **{cold['peak_gib']:.2f}** | "
                 f"{_fmt(warm.get('wall_s'), '.2f')} | {_fmt(warm.get('peak_gib'), '.2f')} | "
                 f"{_fmt((c.get('load_before') or [None])[0], '.1f')} / {_fmt((c.get('load_after') or [None])[0], '.1f')} |")
+        for c in _measured(cases, dim):
+            s = c["cold"].get("user_interest_sampled")
+            if s:
+                lines.append(
+                    f"\n~ {c['cold']['n_users']:,} users: the user interest graph ran {s['rows_done']} of its "
+                    f"{s['tile_rows']} rows of square tiles ({s['pairs_done']:.0f} of {s['pairs_total']:.0f} tile "
+                    f"pairs, {s['sampled_wall_s']:.0f} s wall, {s['sampled_cpu_s']:.0f} s CPU); its time is that "
+                    f"scaled by {s['scale']:.1f} (`--sample`), everything else (and all memory) is measured in full.")
         lines += ["", "Peak RSS while each graph was built (GiB; data and the graphs built before it included) "
                   "and its CPU seconds:", "",
                   "| users | " + " | ".join(f"{n} peak / CPU" for n in GRAPHS) + " | routes |",
@@ -449,19 +533,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--memory-limit-gb", type=float, default=12.0)
     ap.add_argument("--replot", action="store_true", help="only redraw the report from the JSON")
+    ap.add_argument("--sample", type=float, default=None, metavar="FRACTION",
+                    help="time the user interest graph on this fraction of its rows of square tiles and "
+                         "extrapolate (everything else is measured in full); for cases too long to run whole")
     ap.add_argument("--child", choices=("cold", "cache"), help=argparse.SUPPRESS)
     ap.add_argument("--dim", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--record", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.child, args.work, args.dim, args.seed, args.record)
+        _child(args.child, args.work, args.dim, args.seed, args.record, args.sample)
         return 0
     results = json.loads(args.json.read_text()) if args.json.exists() else {"cases": []}
     if not args.replot:
         work_root = args.work or Path(tempfile.gettempdir())
         work_root.mkdir(parents=True, exist_ok=True)
         for n_users in sorted(args.sizes):
-            for case in run_case(n_users, args.dims, work_root, args.seed, args.memory_limit_gb):
+            for case in run_case(n_users, args.dims, work_root, args.seed, args.memory_limit_gb, args.sample):
                 results["cases"] = [c for c in results["cases"]
                                     if (c["users_asked"], c["dim"]) != (case["users_asked"], case["dim"])] + [case]
                 results["cases"].sort(key=lambda c: (c["dim"], c["users_asked"]))
