@@ -433,6 +433,31 @@ def _plot(cases: List[dict], path: Path) -> Optional[str]:
     return None
 
 
+def _estimate_section(cases: List[dict]) -> List[str]:
+    """Predictions of mmrec_rearm.costmodel (what `mmrec-rearm estimate` prints) beside the measurements."""
+    try:
+        from mmrec_rearm import costmodel as cm
+        from mmrec_rearm.graphs import GraphParams
+    except ImportError as exc:  # pragma: no cover - run from the repository
+        return [f"(no estimate: {exc})", ""]
+    lines = ["## Estimate against measurement", "",
+             "`mmrec-rearm estimate` (mmrec_rearm.costmodel) for the same counts: CPU seconds and peak RSS of the "
+             "cold build (its idle-machine wall time is not comparable with these shared-machine runs).", "",
+             "| users | width | CPU predicted / measured (s) | ratio | peak predicted / measured (GiB) | ratio |",
+             "|---|---|---|---|---|---|"]
+    for c in sorted((c for c in cases if "wall_s" in c.get("cold", {})), key=lambda c: (c["dim"], c["users_asked"])):
+        cold = c["cold"]
+        shape = cm.DatasetShape(n_users=cold["n_users"], n_items=cold["n_items"], n_train=cold["nnz"],
+                                widths=(cold["dim"],), item_degree_sq=cold["item_degree_sq"],
+                                user_degree_sq=cold["user_degree_sq"])
+        p = cm.graph_build_cost(shape, GraphParams())["build"]
+        mark = "~" if "user_interest_sampled" in cold else ""
+        lines.append(f"| {cold['n_users']:,} | {cold['dim']} | {p['cpu_s']:.0f} / {mark}{cold['cpu_s']:.0f} | "
+                     f"{p['cpu_s'] / cold['cpu_s']:.2f} | {p['peak_bytes'] / 2 ** 30:.2f} / {cold['peak_gib']:.2f} | "
+                     f"{p['peak_bytes'] / 2 ** 30 / cold['peak_gib']:.2f} |")
+    return lines + [""]
+
+
 def write_report(results: dict, out: Path) -> None:
     cases = results.get("cases", [])
     png = out.with_suffix(".png")
@@ -517,6 +542,7 @@ def write_report(results: dict, out: Path) -> None:
                 lines.append(f"- {g} wall-time exponent ({dim}-d) <= {COOC_EXPONENT_TARGET}: {e:.2f}: "
                              f"**{'met' if e <= COOC_EXPONENT_TARGET else 'missed'}** (CPU: {_fmt(exp[g]['cpu'])}).")
     lines += ["", f"![time and memory against interactions]({png.name})" if plot_note is None else f"({plot_note})", ""]
+    lines += _estimate_section(cases)
     notes = results.get("notes")
     if notes:
         lines += ["## Notes", ""] + list(notes) + [""]

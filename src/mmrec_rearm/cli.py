@@ -8,6 +8,7 @@
     mmrec-rearm uninstall MMREC_DIR
     mmrec-rearm quickstart --mmrec MMREC_DIR [--epochs N]
     mmrec-rearm compare | user-graph | convert-official-splits ...   (mmrec_rearm.experiments)
+    mmrec-rearm estimate --mmrec MMREC_DIR -d DATASET | DATASET_DIR   (mmrec_rearm.estimate)
 
 Errors raised on purpose by this package (``RearmError``) print ``error: <message>`` to stderr and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -255,8 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_cmd_quickstart)
 
     from .experiments.commands import add_subcommands  # compare, user-graph, convert-official-splits
+    from .estimate import add_subcommand as add_estimate
 
     add_subcommands(sub)
+    add_estimate(sub)
     return parser
 
 
