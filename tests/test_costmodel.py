@@ -6,7 +6,8 @@
 * training memory: parameters, gradients, Adam's moments and saved activations within 25% of the
   tensors of one real Adam step at three settings; the whole peak within 25% of the Baby run's
   peak RSS (bench/results/train.json, whose host-process constant is fitted to it);
-* graph build: CPU seconds and peak RSS within 25% of bench/results/scale.json, idle wall time
+* graph build: CPU seconds and peak RSS within 25% of the builds of bench/results/scale.json that
+  ran whole (cases timed from a sample of tiles are reported there, not checked), idle wall time
   within 25% of the quiet runs of bench/results/graphs.md. Both files are committed benchmark
   output: no benchmark runs here.
 """
@@ -221,6 +222,8 @@ def test_graph_build_cpu_and_memory_match_the_scale_benchmark():
     for case in _scale_cases():
         cold = case["cold"]
         if cold["cpu_s"] < 30:  # tiny builds: fixed costs and timer noise dominate
+            continue
+        if "user_interest_sampled" in cold:  # extrapolated from a few tiles (--sample), not measured whole
             continue
         predicted = cm.graph_build_cost(_shape_of(cold), GraphParams())["build"]
         assert within(predicted["cpu_s"], cold["cpu_s"]), (case["users_asked"], case["dim"], predicted, cold["cpu_s"])
