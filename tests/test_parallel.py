@@ -157,3 +157,15 @@ def test_real_mmrec_parallel_runs_give_the_sequential_metrics(tmp_path):
         assert record["status"] == "ok" and parallel[key]["status"] == "ok", parallel[key].get("message")
         assert (parallel[key]["valid"], parallel[key]["test"]) == (record["valid"], record["test"])
         assert [h["valid_score"] for h in parallel[key]["history"]] == [h["valid_score"] for h in record["history"]]
+
+
+def test_parallel_starts_are_a_second_apart_for_mmrecs_log_names(monkeypatch):
+    from mmrec_rearm.experiments import parallel
+
+    monkeypatch.setattr(parallel, "START_SPACING_S", 0.2)
+    pool = parallel.RunningProcesses()
+    began = time.monotonic()
+    pool.space_start()                    # the first start does not wait
+    assert time.monotonic() - began < 0.1
+    pool.space_start()
+    assert time.monotonic() - began >= 0.2

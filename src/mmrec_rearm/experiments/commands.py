@@ -1,5 +1,5 @@
 """Argument parsing for the experiment sub-commands (``compare``, ``user-graph``,
-``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``, ``recommend``); ``cli.py`` mounts them with
+``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``, ``recommend``, ``tune``); ``cli.py`` mounts them with
 :func:`add_subcommands`. Each handler takes the parsed namespace and returns an exit code (``compare``: 1 when a run
 of this invocation failed, else 0);
 errors of this package (:class:`~mmrec_rearm.errors.RearmError`) propagate to the caller.
@@ -74,8 +74,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
-    """Add ``compare``, ``user-graph``, ``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``
-    and ``recommend``; each sets ``handler``
+    """Add ``compare``, ``user-graph``, ``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``,
+    ``recommend`` and ``tune``; each sets ``handler``
     (``handler(args) -> exit code``, the convention of :mod:`mmrec_rearm.cli`)."""
     p = subparsers.add_parser(
         "compare", help="run models side by side through MMRec; Table 2 with validation-only selection",

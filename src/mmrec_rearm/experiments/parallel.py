@@ -12,13 +12,15 @@ One slot with no device (the default) changes nothing: the runs see the environm
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from ..errors import ConfigError
 
@@ -139,3 +141,52 @@ def make_slots(jobs: Optional[int] = None, devices: Union[str, Sequence[str], No
         label = f"job {index + 1}/{jobs}" + (f" {device}" if device else f", {each} thread{'s' * (each > 1)}")
         slots.append(Slot(index, label, env, device_config(device) if device else {}, shared))
     return slots
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a scheduler ending or preempting a job) raises
+    KeyboardInterrupt like Ctrl-C, so the runs in flight are killed and left unrecorded instead of
+    training on as orphans. Only from the main thread (the one Python delivers signals to)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_threads(targets: Sequence[Callable[[], None]], on_interrupt: Callable[[], None], name: str) -> None:
+    """Run each target in its own thread and wait until all have ended. On an interrupt while
+    waiting (Ctrl-C, or SIGTERM): ``on_interrupt()`` (kill the runs), wait for the threads to end,
+    re-raise. The wait is on Events, not ``Thread.join``: a join interrupted by Ctrl-C can leave
+    CPython (3.11) believing a running thread has ended, and the caller would return too early."""
+    done = [threading.Event() for _ in targets]
+
+    def wrapped(target: Callable[[], None], event: threading.Event) -> None:
+        try:
+            target()
+        finally:
+            event.set()
+
+    threads = [threading.Thread(target=wrapped, args=(target, event), name=f"{name}-{index}", daemon=True)
+               for index, (target, event) in enumerate(zip(targets, done))]
+    with sigterm_as_interrupt():
+        for thread in threads:
+            thread.start()
+        try:
+            for event in done:
+                while not event.wait(0.2):
+                    pass
+        except KeyboardInterrupt:
+            on_interrupt()
+            for event in done:
+                while not event.wait(0.2):
+                    pass
+            raise

@@ -14,6 +14,7 @@ Semantics, the same sequentially and in parallel:
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 import threading
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import RunsAbortedError
 from .launch import launch
-from .parallel import Slot, make_slots
+from .parallel import Slot, make_slots, run_threads, sigterm_as_interrupt
 from .plan import RunSpec
 from .store import SCHEMA, RunStore
 
@@ -154,12 +155,13 @@ def run_queue(queue: Sequence[QueuedRun], dataset: str, store: RunStore, latest:
             say(state.head(index, item) + " - not run (execute=False)")
         return state.executed, state.skipped, state.failed
     if len(slots) == 1:
-        for index, item in state.pending():
-            say(state.head(index, item))
-            started = now()
-            result = start(item.spec, epoch_printer(say, item.metric), slots[0])
-            if state.finish(index, item, result, started):
-                raise state.crashes.error(state.last, len(queue) - index, store.path)
+        with sigterm_as_interrupt():  # launch kills its run on the interrupt: no orphan keeps training
+            for index, item in state.pending():
+                say(state.head(index, item))
+                started = now()
+                result = start(item.spec, epoch_printer(say, item.metric), slots[0])
+                if state.finish(index, item, result, started):
+                    raise state.crashes.error(state.last, len(queue) - index, store.path)
         return state.executed, state.skipped, state.failed
     return _run_parallel(state, slots, start)
 
@@ -258,21 +260,12 @@ def _run_parallel(state: _QueueState, slots: Sequence[Slot], start: StartFunctio
                     aborted.append(index)
                     stop.set()
 
-    threads = [threading.Thread(target=worker, args=(slot,), name=f"run-slot-{slot.index}", daemon=True)
-               for slot in slots]
-    for thread in threads:
-        thread.start()
-    try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
-    except BaseException:  # Ctrl-C in the main thread: end every run in flight, record none of them
+    def interrupt() -> None:  # Ctrl-C / SIGTERM here: end every run in flight, record none of them
         interrupted.set()
         stop.set()
         slots[0].running.kill_all()
-        for thread in threads:
-            thread.join()
-        raise
+
+    run_threads([functools.partial(worker, slot) for slot in slots], interrupt, "run-slot")
     if errors:
         raise errors[0]
     if aborted:

@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence, Union
 from ..errors import ConfigError, RunsAbortedError
 from .compare import _ensure_dataset, _prepare_user_graph, user_path
 from .mmrec_config import check_model, mmrec_src
-from .parallel import Slot, make_slots
+from .parallel import Slot, make_slots, run_threads
 from .plan import FIRST_SEED, RunSpec, canonical_json
 from .runqueue import CrashWatch, Progress, RunFunction, epoch_printer, format_config, make_start, now, run_record
 from .store import RunStore
@@ -130,6 +130,8 @@ class _Objective:
 
     def __call__(self, trial) -> float:
         optuna = require_optuna()
+        if self.interrupted.is_set():  # asked for between the interrupt and the end of the loop
+            raise _Interrupted()
         values = {name: param.suggest(trial) for name, param in self.space.params.items()}
         config = self.space.config(values)
         spec = RunSpec(self.dataset, self.space.model, config, self.seed, self.epochs)
@@ -299,8 +301,9 @@ def tune(mmrec_dir: PathLike, dataset: str, model: str, trials: int, *, epochs: 
 
 
 def _optimize(study, objective: _Objective, trials: int, done_states, slots: Sequence[Slot], optuna) -> None:
-    """``study.optimize`` with ``len(slots)`` threads, run from a helper thread so that Ctrl-C here
-    can kill the trials' subprocesses first (they then leave no record and are queued again)."""
+    """``study.optimize`` with ``len(slots)`` threads, run from a helper thread so that Ctrl-C (or
+    SIGTERM) here can kill the trials' subprocesses first (they then leave no record and are
+    queued again)."""
     errors: List[BaseException] = []
 
     def work() -> None:
@@ -312,15 +315,10 @@ def _optimize(study, objective: _Objective, trials: int, done_states, slots: Seq
         except BaseException as exc:  # a bug or a storage error: re-raised in the caller's thread
             errors.append(exc)
 
-    thread = threading.Thread(target=work, name="tune-optimize", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.2)
-    except BaseException:
+    def interrupt() -> None:
         objective.interrupted.set()
         slots[0].running.kill_all()
-        thread.join()
-        raise
+
+    run_threads([work], interrupt, "tune-optimize")
     if errors:
         raise errors[0]

@@ -20,6 +20,7 @@ from .compare import user_path
 from .mmrec_config import grid_keys, merged_config
 from .plan import Override
 from .runqueue import format_config
+from .tune_space import decoded
 
 STORAGE_FILE = "optuna.journal"
 #: study user attribute holding what the trials must share (a second call with other settings is refused)
@@ -76,7 +77,7 @@ def study_report(study, name: str, storage: str, metric: str) -> TuneReport:
     best = None
     if counts.get("complete"):
         trial = study.best_trial
-        best = {"number": trial.number, "value": trial.value, "params": dict(trial.params),
+        best = {"number": trial.number, "value": trial.value, "params": decoded(trial.params),
                 "config": trial.user_attrs.get("config"), "run_key": trial.user_attrs.get("run_key")}
     return TuneReport(name, storage, counts, best, metric)
 
@@ -214,7 +215,7 @@ def write_summary(study, folder: Path, *, metric: str, storage: str, space=None,
         step, last = _last_report(trial)
         value = trial.value if trial.value is not None else last
         lines.append(f"| {trial.number} | {trial.state.name.lower()} | {'' if value is None else f'{value:.4f}'} | "
-                     f"{'' if step is None else step} | {format_config(trial.params)} |")
+                     f"{'' if step is None else step} | {format_config(decoded(trial.params))} |")
     lines.append("")
     if figures:
         lines += ["## Figures", ""] + [f"![{name}]({path.name})" for name, path in figures.items()] + [""]

@@ -37,6 +37,16 @@ _KINDS = ("float", "int", "categorical")
 _PLAIN = (type(None), bool, int, float, str)
 
 
+def decode(value: Any) -> Any:
+    """A categorical value as Optuna stores it -> the configured value (lists travel as JSON text)."""
+    return json.loads(value[5:]) if isinstance(value, str) and value.startswith("json:") else value
+
+
+def decoded(params: Dict[str, Any]) -> Dict[str, Any]:
+    """A trial's ``params`` with every value as configured."""
+    return {name: decode(value) for name, value in params.items()}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -63,11 +73,12 @@ class Param:
     def suggest(self, trial) -> Any:
         """Ask ``trial`` (an optuna Trial) for this key's value."""
         if self.kind == "categorical":
-            value = trial.suggest_categorical(self.name, self._encoded())
-            return json.loads(value[5:]) if isinstance(value, str) and value.startswith("json:") else value
+            return decode(trial.suggest_categorical(self.name, self._encoded()))
         if self.kind == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+        value = trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+        # a stepped float is low + k * step in binary floating point (0.30000000000000004): keep 0.3
+        return float(f"{value:.12g}") if self.step else value
 
     def describe(self) -> str:
         if self.kind == "categorical":
