@@ -345,6 +345,10 @@ def test_tune_command_line_and_missing_optuna_message(tmp_path, monkeypatch, cap
     status = main(["tune", "--mmrec", str(root), "-d", "toy", "-m", "T", "--trials", "0"])
     assert status == 2 and "--trials 0: expected a positive number" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "optuna", None)               # as if it were not installed
+    status = main(["tune", "--mmrec", str(root), "-d", "toy", "-m", "T", "--trials", "2", "--jobs", "2", "--dry-run"])
+    out = capsys.readouterr().out
+    assert status == 0 and "not opened" in out and "2 trial(s) at once" in out and "lr: one of [0.1, 0.01]" in out
+    assert not (tmp_path / "results").exists()
     status = main(["tune", "--mmrec", str(root), "-d", "toy", "-m", "T", "--trials", "2"])
     assert status == 2 and "pip install 'mmrec-rearm[tune]'" in capsys.readouterr().err
     status = main(["compare", "--mmrec", str(root), "-d", "toy", "-m", "T", "--from-tune", "T"])

@@ -303,7 +303,8 @@ def run_tune(args: argparse.Namespace) -> int:
          storage=args.storage, jobs=args.jobs, devices=args.devices, study_name=args.study, seed=args.seed,
          sampler_seed=args.sampler_seed, pruner=args.pruner, warmup_epochs=args.warmup_epochs,
          startup_trials=args.startup_trials, overrides=args.set or [], results_dir=args.results,
-         python=args.python, data_dir=args.data_dir, timeout_s=args.timeout, summary=not args.no_summary)
+         python=args.python, data_dir=args.data_dir, timeout_s=args.timeout, summary=not args.no_summary,
+         execute=not args.dry_run)
     return 0
 
 
@@ -338,5 +339,6 @@ def _add_tune_subcommand(subparsers: "argparse._SubParsersAction") -> None:
     t.add_argument("--data-dir", help="dataset folder outside the checkout (staged with symlinks)")
     t.add_argument("--timeout", type=float, help="seconds after which a trial's run is killed and failed")
     t.add_argument("--no-summary", action="store_true", help="write no Markdown / PNG summary")
+    t.add_argument("--dry-run", action="store_true", help="print the study, search space and slots; run nothing")
     _add_parallel_options(t)
     t.set_defaults(handler=run_tune)

@@ -38,7 +38,7 @@ from .parallel import Slot, make_slots, run_threads
 from .plan import FIRST_SEED, RunSpec, canonical_json
 from .runqueue import CrashWatch, Progress, RunFunction, epoch_printer, format_config, make_start, now, run_record
 from .store import RunStore
-from .tune_report import (SETTINGS_ATTR, TuneReport, default_study_name, open_storage, require_optuna,
+from .tune_report import (SETTINGS_ATTR, STORAGE_FILE, TuneReport, default_study_name, open_storage, require_optuna,
                           study_report, summary_line, write_summary)
 from .tune_space import SearchSpace, build_space
 from .user_graph import DEFAULT_NEIGHBOURS
@@ -237,7 +237,7 @@ def tune(mmrec_dir: PathLike, dataset: str, model: str, trials: int, *, epochs: 
          sampler_seed: Optional[int] = None, pruner: str = "median", warmup_epochs: int = 1,
          startup_trials: int = 3, overrides: Sequence[str] = (), results_dir: PathLike = "results",
          python: str = sys.executable, data_dir: Optional[PathLike] = None, timeout_s: Optional[float] = None,
-         summary: bool = True, progress: Optional[Progress] = print,
+         summary: bool = True, execute: bool = True, progress: Optional[Progress] = print,
          run_fn: Optional[RunFunction] = None) -> TuneReport:
     """Tune ``model`` on ``dataset`` until its study has ``trials`` complete or pruned trials.
 
@@ -247,8 +247,8 @@ def tune(mmrec_dir: PathLike, dataset: str, model: str, trials: int, *, epochs: 
     seed of every trial; ``sampler_seed``: TPE's seed (give each worker its own); ``pruner``:
     median | hyperband | none, pruning from epoch ``warmup_epochs`` on, after ``startup_trials``
     finished trials (median). Writes the study summary (:mod:`.tune_report`) unless ``summary=False``.
+    ``execute=False`` prints the study, the space and the slots, and writes nothing (no optuna needed).
     """
-    optuna = require_optuna()
     say: Progress = progress or (lambda _message: None)
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"--trials {trials!r}: expected a positive number of trials.")
@@ -263,8 +263,16 @@ def tune(mmrec_dir: PathLike, dataset: str, model: str, trials: int, *, epochs: 
         say(f"warning: {warning}")
     metric = str(space.base.get("valid_metric") or "Recall@20").lower()
     slots = make_slots(jobs, devices)
-    storage_obj, storage_label = open_storage(storage, results_root)
     name = study_name or default_study_name(dataset, model)
+    heading = (f"{model} on {dataset}, objective valid {metric} (maximised), {len(slots)} trial(s) at once, "
+               f"seed {seed}, epochs {epochs or 'from the YAML files'}")
+    if not execute:
+        say(f"study '{name}' in {storage or results_root / STORAGE_FILE} (not opened, execute=False): {heading}")
+        for param in space.params.values():
+            say(f"  {param.describe()}")
+        return TuneReport(name, str(storage or results_root / STORAGE_FILE), {}, None, metric)
+    optuna = require_optuna()
+    storage_obj, storage_label = open_storage(storage, results_root)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=min(10, max(1, trials // 2)))
     study = optuna.create_study(storage=storage_obj, study_name=name, direction="maximize", sampler=sampler,
                                 pruner=make_pruner(pruner, warmup_epochs, startup_trials, epochs),
@@ -277,8 +285,7 @@ def tune(mmrec_dir: PathLike, dataset: str, model: str, trials: int, *, epochs: 
                                         results_root, write_yaml=True, progress=say)
         extra.update(_prepare_user_graph(src, folder, dataset, [model], DEFAULT_NEIGHBOURS, say))
     fail_dead_local_trials(study, say)
-    say(f"study '{name}' in {storage_label}: {model} on {dataset}, objective valid {metric} (maximised), "
-        f"{len(slots)} trial(s) at once, seed {seed}, epochs {epochs or 'from the YAML files'}")
+    say(f"study '{name}' in {storage_label}: {heading}")
     for param in space.params.values():
         say(f"  {param.describe()}")
     objective = _Objective(space, dataset, seed, epochs, metric, store, slots,
