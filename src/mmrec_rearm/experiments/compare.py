@@ -1,8 +1,10 @@
 """``compare``: run models side by side through MMRec, resumably, and write the Table 2 report.
 
 One subprocess per (model, configuration, seed) runs MMRec's own ``quick_start`` (see
-:mod:`.runner`); every finished run is appended to ``<results>/<dataset>/runs.jsonl`` before the
-next starts, so rerunning the same command after an interruption only runs what is missing.
+:mod:`.runner`); every finished run is appended to ``<results>/<dataset>/runs.jsonl`` as soon as
+it finishes (:mod:`.runqueue`; ``jobs`` runs at once, :mod:`.parallel`), so rerunning the same
+command after an interruption only runs what is missing. With ``from_tune`` each model runs its
+best tuning trial's configuration (:mod:`.tune_report`) instead of its MMRec grid.
 Configurations are chosen on validation (:mod:`.stats`), results rendered by :mod:`.tables`.
 """
 from __future__ import annotations
