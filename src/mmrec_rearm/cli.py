@@ -7,10 +7,11 @@
     mmrec-rearm install MMREC_DIR
     mmrec-rearm uninstall MMREC_DIR
     mmrec-rearm quickstart --mmrec MMREC_DIR [--epochs N]
-    mmrec-rearm compare | user-graph | convert-official-splits ...   (mmrec_rearm.experiments)
+    mmrec-rearm compare | ablate | sensitivity | heatmap | recommend | tune | user-graph |
+                convert-official-splits ...   (mmrec_rearm.experiments)
 
 Errors raised on purpose by this package (``RearmError``) print ``error: <message>`` to stderr and
-exit with status 2; anything else is a bug and keeps its traceback.
+exit with status 2; an interrupt (Ctrl-C) exits with 130; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--epochs", type=int, default=None)
     q.set_defaults(handler=_cmd_quickstart)
 
-    from .experiments.commands import add_subcommands  # compare, user-graph, convert-official-splits
+    from .experiments.commands import add_subcommands  # compare, tune, user-graph, convert-official-splits, ...
 
     add_subcommands(sub)
     return parser
@@ -274,6 +275,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RearmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM during runs: the runs in flight were killed
+        print("interrupted: runs in flight were stopped and not recorded; rerun the same command to go on.",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -113,7 +113,8 @@ def ablate(mmrec_dir: PathLike, dataset: str, seeds: Union[int, Sequence[int]] =
            overrides: Sequence[str] = (), results_dir: PathLike = "results", python: str = sys.executable, *,
            parts: Sequence[str] = PARTS, variants: Optional[Sequence[str]] = None,
            data_dir: Optional[PathLike] = None, execute: bool = True, retry_failed: bool = True,
-           timeout_s: Optional[float] = None, progress: Optional[Progress] = print,
+           timeout_s: Optional[float] = None, jobs: Optional[int] = None,
+           devices: Optional[str] = None, progress: Optional[Progress] = print,
            run_fn: Optional[RunFunction] = None) -> AblationReport:
     """Run REARM's Table 3 and/or Fig. 4 variants on ``dataset`` and write their tables.
 
@@ -127,7 +128,7 @@ def ablate(mmrec_dir: PathLike, dataset: str, seeds: Union[int, Sequence[int]] =
     chosen = select_variants(parts, variants)
     runs = run_variants(mmrec_dir, dataset, chosen, seeds, epochs, overrides, results_dir, python, model=MODEL,
                         data_dir=data_dir, execute=execute, retry_failed=retry_failed, timeout_s=timeout_s,
-                        progress=progress, run_fn=run_fn)
+                        jobs=jobs, devices=devices, progress=progress, run_fn=run_fn)
     by_label = runs.by_label()
     names = {v.label: v.name for v in chosen}
     root = Path(results_dir) / dataset

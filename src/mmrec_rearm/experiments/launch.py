@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from . import runner as _runner_module
 from .plan import RunSpec
@@ -58,11 +58,16 @@ def _tail(text: str, lines: int = 40, chars: int = 4000) -> str:
 
 def launch(spec: RunSpec, src: Path, python: str, work_dir: Path, *, extra: Optional[Dict[str, Any]] = None,
            save_model: bool = False, on_event: Optional[EventHandler] = None,
-           timeout_s: Optional[float] = None) -> dict:
+           timeout_s: Optional[float] = None, env: Optional[Mapping[str, str]] = None,
+           on_start: Optional[Callable[[subprocess.Popen], None]] = None) -> dict:
     """Run ``spec`` through MMRec in a subprocess; returns the runner's result plus ``log_path``.
 
     ``work_dir`` receives ``<key>.json`` (spec), ``<key>.result.json`` and ``<key>.log`` (the
-    subprocess's full stdout + stderr, MMRec's log lines included).
+    subprocess's full stdout + stderr, MMRec's log lines included). ``env``: variables set for the
+    subprocess on top of ours (a parallel slot's thread counts). ``on_start(process)`` is called once
+    the subprocess exists, so a caller running several at once can kill them all on an interrupt.
+    An exception raised by ``on_event`` (other than ValueError / TypeError) kills the subprocess and
+    propagates: that is how a caller stops a run early (a pruned tuning trial).
     """
     work_dir = Path(os.path.abspath(work_dir))  # the subprocess runs in MMRec's src/, not here
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +81,7 @@ def launch(spec: RunSpec, src: Path, python: str, work_dir: Path, *, extra: Opti
         "model": spec.model, "dataset": spec.dataset, "config_dict": quick_start_config(spec, extra),
         "save_model": bool(save_model), "result_path": str(result_path)}, indent=1, default=str), encoding="utf-8")
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(env or {})}
     timed_out = threading.Event()
     try:
         process = subprocess.Popen([python, str(RUNNER_PATH), str(spec_path)], cwd=str(src), env=env,
@@ -85,6 +90,8 @@ def launch(spec: RunSpec, src: Path, python: str, work_dir: Path, *, extra: Opti
     except OSError as exc:
         return {"status": "failed", "message": f"cannot start {python}: {exc}", "error": str(exc),
                 "log_path": str(log_path), "wall_s": 0.0}
+    if on_start is not None:
+        on_start(process)
 
     def _expire() -> None:
         timed_out.set()

@@ -165,7 +165,8 @@ def sensitivity(mmrec_dir: PathLike, datasets: Sequence[str], param: str, values
                 results_dir: PathLike = "results", python: str = sys.executable, *, model: str = "REARM",
                 data_dirs: Union[None, PathLike, Mapping[str, PathLike]] = None, metric: str = "recall@20",
                 plot: bool = True, execute: bool = True, retry_failed: bool = True,
-                timeout_s: Optional[float] = None, progress: Optional[Progress] = print,
+                timeout_s: Optional[float] = None, jobs: Optional[int] = None,
+                devices: Optional[str] = None, progress: Optional[Progress] = print,
                 run_fn: Optional[RunFunction] = None) -> SensitivityReport:
     """Sweep ``param`` of ``model`` over ``values`` on every dataset; write the CSV and the PNG.
 
@@ -194,7 +195,7 @@ def sensitivity(mmrec_dir: PathLike, datasets: Sequence[str], param: str, values
         runs[dataset] = run_variants(mmrec_dir, dataset, variants, seeds, epochs, overrides, results_dir, python,
                                      model=model, data_dir=_data_dir_of(data_dirs, dataset, datasets),
                                      execute=execute, retry_failed=retry_failed, timeout_s=timeout_s,
-                                     progress=progress, run_fn=run_fn)
+                                     jobs=jobs, devices=devices, progress=progress, run_fn=run_fn)
         points += points_of(dataset, runs[dataset].summaries, variants, metric)
     report = SensitivityReport(param, metric, values, points, runs)
     folder = Path(results_dir) / "sensitivity"

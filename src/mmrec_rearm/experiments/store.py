@@ -110,3 +110,17 @@ class RunStore:
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def run_lock(self, key: str) -> Iterator[None]:
+        """Hold ``locks/<key>.lock`` (blocking): two tuning workers that pick the same configuration
+        at the same moment run it once, the second then reads the first one's record."""
+        folder = self.folder / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .compare import Progress, QueuedRun, RunFunction, _ensure_dataset, _git_commit, run_queue, user_path
-from .launch import launch
+from .compare import _ensure_dataset, _git_commit, user_path
+from .parallel import make_slots
 from .mmrec_config import check_model, mmrec_src
 from .plan import Plan, RunSpec, build_plan, parse_overrides, seed_list
+from .runqueue import Progress, QueuedRun, RunFunction, make_start, run_queue
 from .stats import ModelSummary, summarise
 from .store import RunStore
 
@@ -79,8 +80,9 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
                  seeds: Union[int, Sequence[int]] = 1, epochs: Optional[int] = None,
                  overrides: Sequence[str] = (), results_dir: PathLike = "results", python: str = sys.executable,
                  *, model: str = "REARM", data_dir: Optional[PathLike] = None, execute: bool = True,
-                 retry_failed: bool = True, timeout_s: Optional[float] = None,
-                 progress: Optional[Progress] = print, run_fn: Optional[RunFunction] = None) -> VariantRuns:
+                 retry_failed: bool = True, timeout_s: Optional[float] = None, jobs: Optional[int] = None,
+                 devices: Union[str, Sequence[str], None] = None, progress: Optional[Progress] = print,
+                 run_fn: Optional[RunFunction] = None) -> VariantRuns:
     """Run every (variant, configuration, seed) of ``model`` on ``dataset`` that has no ``ok`` record.
 
     Arguments as in :func:`~.compare.compare`; ``variants`` in table order. A run shared by two
@@ -91,6 +93,7 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
     check_model(src, model)
     variants = list(variants)
     _check_variants(variants, model, overrides)
+    slots = make_slots(jobs, devices)
     if run_fn is None and execute and shutil.which(python) is None and not Path(python).is_file():
         raise ConfigError(f"python={python!r}: interpreter not found; give the Python that has MMRec's requirements.")
     seed_values = seed_list(seeds)
@@ -122,10 +125,8 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
         executed, skipped, failed = run_queue(
             [QueuedRun(f"{model} [{variant.label}] seed {spec.seed}", spec, plans[variant.name].valid_metric[model])
              for variant, spec in queue],
-            dataset, store, latest, say, execute=execute, retry_failed=retry_failed,
-            start=lambda spec, on_event: (
-                launch(spec, src, python, results_root / "logs", extra=extra, on_event=on_event, timeout_s=timeout_s)
-                if run_fn is None else run_fn(spec, extra, on_event)))
+            dataset, store, latest, say, execute=execute, retry_failed=retry_failed, slots=slots,
+            start=make_start(src, python, results_root / "logs", extra, timeout_s=timeout_s, run_fn=run_fn))
 
     summaries: Dict[str, ModelSummary] = {}
     for variant in variants:
