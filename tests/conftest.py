@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,3 +127,48 @@ def mmrec_clone(tmp_path) -> Path:
     clone = tmp_path / "MMRec"
     subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
     return clone
+
+
+# --- a minimal fake MMRec tree for the installer (tests/test_install*.py) ------------------------
+
+FAKE_FILES = {
+    "src/main.py": "print('fake MMRec')\n",
+    "src/models/lightgcn.py": "class LightGCN: pass\n",
+    "src/common/abstract_recommender.py": "class GeneralRecommender: pass\n",
+    "src/configs/overall.yaml": "data_path: '../data/'\n",
+    "src/configs/model/LightGCN.yaml": "n_layers: [1, 2]\n",
+    "src/configs/dataset/baby.yaml": "inter_file_name: 'baby.inter'\n",
+    "data/README.md": "put datasets here\n",
+    ".gitignore": "__pycache__/\n*.log\n",
+}
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def porcelain(root: Path) -> str:
+    return git(root, "status", "--porcelain", "--untracked-files=all")
+
+
+def all_files(root: Path) -> set:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
+
+
+@pytest.fixture
+def fake_mmrec(tmp_path) -> Path:
+    root = tmp_path / "MMRec"
+    for rel, text in FAKE_FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "fake MMRec")
+    return root
+
+
+@pytest.fixture
+def real_mmrec(mmrec_clone) -> Path:
+    """Temporary clone of the real checkout (located by locate_mmrec_checkout)."""
+    return mmrec_clone
