@@ -10,7 +10,6 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import pytest
 
 from mmrec_rearm.cli import main as cli_main
 

@@ -331,6 +331,10 @@ class REARM(BaseRecommender):
             coo.row, coo.col, self.n_users, self.n_items,
             {name: f.detach().cpu().numpy() for name, f in zip(names, feats)},
             source={"inter": os.path.join(folder, str(inter_name))})
+        from ..cache import data_fingerprint
+
+        #: what this model was built on (checkpoints store it; recommend checks a dataset against it)
+        self.data_fingerprint = data_fingerprint(data)
         return build_homogeneous_graphs(data, s.graph, s.cache_dir)
 
     def _reset_parameters(self) -> None:
