@@ -457,8 +457,9 @@ def test_heatmap_finds_the_full_and_wo_ref_checkpoints_in_the_store(tiny, tmp_pa
     for seed, ablation, path in ((1000, None, tiny.after), (999, "wo_ref", tiny.before), (999, None, tiny.after),
                                  (1000, "wo_meta", tiny.before)):
         config = {"n_layers": 2} if ablation is None else {"n_layers": 2, "ablation": ablation}
-        store.append({"key": f"{seed}{ablation}", "status": "ok", "model": "REARM", "seed": seed, "epochs": 5,
-                      "config": config, "checkpoint": str(path)})
+        store.append({"schema": 1, "key": f"{seed}{ablation}", "status": "ok", "dataset": "demo", "model": "REARM",
+                      "config_id": f"{ablation}", "seed": seed, "epochs": 5, "config": config,
+                      "valid": {"recall@20": 0.1}, "test": {"recall@20": 0.1}, "checkpoint": str(path)})
     assert find_checkpoint_pair(tmp_path, "demo") == (tiny.after, tiny.before)
     with pytest.raises(CheckpointError, match="no two REARM runs with checkpoints that differ only in ablation"):
         find_checkpoint_pair(tmp_path, "demo", seed=1000)

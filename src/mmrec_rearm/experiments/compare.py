@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from ..errors import ConfigError, DatasetError, RunsAbortedError
+from ..atomic import check_writable, write_text
+from ..errors import ConfigError, DatasetError, Interrupted, RunsAbortedError
 from .datasets import detect_feature_files, write_dataset_yaml
 from .launch import launch
 from .mmrec_config import (check_model, dataset_folder, dataset_yaml_path, merged_config, mmrec_src,
@@ -90,6 +91,15 @@ def stage_dataset(data_dir: Path, staging_root: Path, dataset: str) -> Path:
             if entry.is_file():
                 shutil.copy2(entry, link)
     return staged
+
+
+def prepared_store(results_dir: Path, dataset: str, progress: Optional[Progress]) -> RunStore:
+    """The results store of ``dataset``, its folder checked writable before any run starts (a run
+    whose record cannot be written would be lost). Unusable records are reported through
+    ``progress`` as ``warning: ...`` lines (``warnings.warn`` when None)."""
+    check_writable(results_dir / dataset, what="run records and tables")
+    report = (lambda line: progress(f"warning: {line}")) if progress else None
+    return RunStore(results_dir, dataset, report=report)
 
 
 def user_path(path: PathLike) -> Path:
@@ -227,7 +237,14 @@ def run_queue(queue: Sequence[QueuedRun], dataset: str, store: RunStore, latest:
             continue
         say(head)
         started = _now()
-        result = start(spec, _epoch_printer(say, item.metric))
+        try:
+            result = start(spec, _epoch_printer(say, item.metric))
+        except KeyboardInterrupt:
+            recorded = sum(1 for queued in queue if latest.get(queued.spec.key, {}).get("status") == "ok")
+            raise Interrupted(
+                f"stopped {item.label} (run {index} of {total}; it is not recorded). {executed} run(s) finished in "
+                f"this session; {recorded} of {total} are done and kept in {store.path}. Run the same command again "
+                f"to do the remaining {total - recorded}.") from None
         record = {**result, "schema": SCHEMA, "key": spec.key, "config_id": spec.config_id,
                   "dataset": dataset, "model": spec.model, "config": spec.config, "seed": spec.seed,
                   "epochs": spec.epochs, "valid_metric": item.metric, "status": result.get("status", "failed"),
@@ -283,12 +300,12 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
     # the runs start in MMRec's src/: every path the user gave is made absolute here, in their folder
     results_dir = user_path(results_dir)
     results_root = results_dir / dataset
+    store = prepared_store(results_dir, dataset, progress)
     folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
                                     results_root, write_yaml=execute, progress=say)
     plan = build_plan(src, dataset, models, seed_values, epochs, overrides)
     for warning in plan.warnings:
         say(f"warning: {warning}")
-    store = RunStore(results_dir, dataset)
     with store.exclusive():
         if execute:
             extra.update(_prepare_user_graph(src, folder, dataset, models, user_graph_k, say))
@@ -316,14 +333,13 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
                 f"overrides {list(overrides) or 'none'}; configuration chosen per model on validation "
                 f"{', '.join(sorted(set(plan.valid_metric.values())))} (mean over seeds); "
                 f"{len(records)} of {len(plan.runs)} planned runs have a record.")
-    results_root.mkdir(parents=True, exist_ok=True)
     files = {"table2.md": results_root / "table2.md", "table2.csv": results_root / "table2.csv"}
-    files["table2.md"].write_text(report_markdown(dataset, summaries, models, rows, target_model, settings),
-                                  encoding="utf-8")
-    files["table2.csv"].write_text(table2_csv(dataset, summaries, models, target_model), encoding="utf-8")
+    write_text(files["table2.md"], report_markdown(dataset, summaries, models, rows, target_model, settings),
+               what="Table 2")
+    write_text(files["table2.csv"], table2_csv(dataset, summaries, models, target_model), what="Table 2")
     if rows:
         files["significance.csv"] = results_root / "significance.csv"
-        files["significance.csv"].write_text(comparisons_csv(rows), encoding="utf-8")
+        write_text(files["significance.csv"], comparisons_csv(rows), what="the significance tests")
     say("")
     say(table2_markdown(dataset, summaries, models, target_model).rstrip())
     say(f"\nwrote {', '.join(str(p) for p in files.values())}")
