@@ -10,6 +10,8 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import pytest
+
 
 from mmrec_rearm.cli import main as cli_main
 
@@ -93,6 +95,26 @@ def test_uninstall_removes_the_untouched_demo_dataset_and_leaves_git_clean(fake_
     place_demo(capsys, fake_mmrec)
     assert run(capsys, "uninstall", fake_mmrec)[0] == 0
     assert porcelain(fake_mmrec) == clean
+
+
+CACHES = (".rearm_cache/graphs.lmdb/data.mdb", ".rearm_cache/graphs.lmdb.lock", "mm_adj_10.pt",
+          "image_adj_10_True.pt", "user_graph_dict.npy")
+
+
+@pytest.mark.parametrize("user_file", [None, "my_model.pt"])
+def test_caches_computed_from_the_demo_dataset_go_with_it_other_files_keep_it(fake_mmrec, capsys, user_file):
+    demo = place_demo(capsys, fake_mmrec)
+    for rel in CACHES + ((user_file,) if user_file else ()):
+        (demo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (demo / rel).write_bytes(b"cache or mine")
+    code, out, _ = run(capsys, "uninstall", fake_mmrec)
+    assert code == 0
+    if user_file is None:
+        assert f"removed   {demo}/ (3 file(s) of mmrec-rearm and 5 cache file(s)" in out
+        assert porcelain(fake_mmrec) == ""
+    else:
+        assert f"kept      {demo}/" in out and user_file in out
+        assert all((demo / rel).is_file() for rel in CACHES + (user_file,))
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import DatasetError
+from .features import load_feature_file, validate_features
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -147,92 +148,6 @@ def training_matrix(users, items, n_users: int, n_items: int) -> sp.csr_matrix:
 
 
 # --------------------------------------------------------------------------------------------
-# Features
-
-
-def validate_features(
-    name: str, array, n_items: int, origin: str = ""
-) -> np.ndarray:
-    """Check one modality's array and return it as float32 C-contiguous ``(n_items, d)``.
-
-    ``origin`` (a file path or a description) goes into error messages.
-    """
-    where = origin or f"feature array '{name}'"
-    arr = np.asarray(array)
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise DatasetError(
-            f"{where}: modality '{name}' has dtype {arr.dtype}, not a numeric array; save the "
-            "features with np.save(path, features.astype(np.float32))."
-        )
-    if arr.ndim != 2:
-        raise DatasetError(
-            f"{where}: modality '{name}' has {arr.ndim} dimension(s) (shape {arr.shape}) but must "
-            f"be 2-D (n_items, d) with n_items = {n_items}; reshape before saving."
-        )
-    if arr.shape[0] != n_items:
-        raise DatasetError(
-            f"{where}: modality '{name}' has {arr.shape[0]} rows but the dataset has {n_items} "
-            "items (max itemID over all splits + 1); row i must hold the features of item i."
-        )
-    if arr.shape[1] == 0:
-        raise DatasetError(
-            f"{where}: modality '{name}' has 0 columns (shape {arr.shape}); give at least one "
-            "feature per item or leave the modality out."
-        )
-    if arr.dtype.kind == "f":
-        _reject_non_finite(name, arr, where, after_cast=False)
-    with np.errstate(over="ignore"):  # overflow is reported below with the offending row
-        out = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
-        # float64 values beyond float32's range become inf only now.
-        _reject_non_finite(name, out, where, after_cast=True, original=arr)
-    return out
-
-
-def _reject_non_finite(name: str, arr: np.ndarray, where: str, after_cast: bool,
-                       original: Optional[np.ndarray] = None) -> None:
-    # Fast screen: NaN/inf propagate into row sums (float64 sums of float32 cannot overflow);
-    # only a non-finite sum needs the exact, element-wise look.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(arr.sum(axis=1, dtype=np.float64)).all():
-            return
-    finite_rows = np.isfinite(arr).all(axis=1)
-    if finite_rows.all():
-        return
-    row = int(np.argmin(finite_rows))
-    col = int(np.argmin(np.isfinite(arr[row])))
-    value = float((arr if original is None else original)[row, col])
-    reason = "overflows float32" if after_cast else "is not finite"
-    raise DatasetError(
-        f"{where}: modality '{name}' value {value!r} at row {row} (item {row}), column {col} "
-        f"{reason}; {int((~finite_rows).sum())} row(s) are affected. Replace NaN/inf (for "
-        "example with the mean feature) before training."
-    )
-
-
-def _load_feature_file(name: str, path: Path, n_items: int) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        # numpy refuses object arrays when pickles are disallowed; also malformed headers.
-        raise DatasetError(
-            f"{path}: modality '{name}' could not be loaded without pickle ({exc}); the file "
-            "must be a plain numeric .npy array, e.g. np.save(path, feats.astype(np.float32))."
-        ) from exc
-    except OSError as exc:
-        raise DatasetError(
-            f"{path}: modality '{name}' is not a readable .npy file ({exc}); re-save it with np.save."
-        ) from exc
-    if not isinstance(arr, np.ndarray):  # an .npz archive
-        arr.close()
-        raise DatasetError(
-            f"{path}: modality '{name}' is an .npz archive, not a single array; save one "
-            "(n_items, d) array per modality with np.save."
-        )
-    return validate_features(name, arr, n_items, origin=str(path))
-
-
-# --------------------------------------------------------------------------------------------
 # The .inter file
 
 
@@ -293,7 +208,51 @@ def read_interactions(path: PathLike) -> _Interactions:
             f"{path}: line {line_no[row]}, column 'x_label' has value {int(labels[row])}; "
             "x_label must be 0 (train), 1 (valid) or 2 (test)."
         )
+    for field, ids in (("userID", users), ("itemID", items)):
+        _check_id_range(path, body, starts, ends, line_no, field, ids)
     return _Interactions(users=users, items=items, labels=labels)
+
+
+#: Ids may leave gaps (MMRec sizes its tables by the largest id + 1), but not this many: a count
+#: above both 10x the distinct ids and distinct + 1000 means a stray or mistyped id.
+MAX_ID_SPREAD = 10
+_MIN_SLACK = 1000
+
+
+def _check_id_range(path: Path, body: bytes, starts, ends, line_no, field: str, ids: np.ndarray) -> None:
+    """Refuse ids far beyond what the file holds: the largest id + 1 becomes the user / item count,
+    so one stray id (100000000) would size every matrix and embedding table for 100 M nodes."""
+    if ids.size == 0:
+        return
+    count = int(ids.max()) + 1
+    distinct = int(np.unique(ids).size)
+    needed = count * 16  # two int64 per id for the CSR row pointers and the counts, before any model table
+    available = _available_memory()
+    if count <= max(MAX_ID_SPREAD * distinct, distinct + _MIN_SLACK) and (available is None or needed < available):
+        return
+    row = int(np.argmax(ids))
+    line = body[starts[row, 0]:ends[row, -1]].decode("utf-8", "replace")
+    what = "users" if field == "userID" else "items"
+    why = (f"more than {MAX_ID_SPREAD}x the {distinct} distinct {field} values the file holds"
+           if count > max(MAX_ID_SPREAD * distinct, distinct + _MIN_SLACK)
+           else f"the index arrays alone would need {needed / 1e9:.1f} GB, more than the {available / 1e9:.1f} GB available")
+    raise DatasetError(
+        f"{path}: line {int(line_no[row])} ({line!r}) has {field} {int(ids[row])}, which would make {count} {what} "
+        f"(the largest id + 1, MMRec's convention): {why}. Is it a stray or mistyped row? Ids must be re-indexed "
+        f"to 0..{distinct - 1} (or close to it); fix or remove the line."
+    )
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (Linux MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _field_bounds(path: Path, body: bytes, n_cols: int):
@@ -424,7 +383,7 @@ def read_dataset(
     source = {"inter": os.path.abspath(inter_path)}
     loaded = {}
     for name, path in _feature_paths(folder, features).items():
-        loaded[name] = _load_feature_file(name, path, n_items)
+        loaded[name] = load_feature_file(name, path, n_items)
         source[name] = os.path.abspath(path)
     interactions = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
     return TrainingData(n_users, n_items, interactions, loaded, source)

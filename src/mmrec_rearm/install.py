@@ -17,8 +17,9 @@ with its content hash in the ledger (:mod:`.ledger`). Ownership is decided by th
   ``FILE.bak`` first);
 * ``uninstall`` removes a file only when it is listed and unchanged; an edited file stays, with one
   line saying so (``force=True`` moves it to ``FILE.bak``); a folder we created (the demo dataset)
-  is removed only when every file in it is ours and unchanged. Copies a user made are never listed,
-  so never touched.
+  is removed only when every file in it is ours and unchanged, or a cache computed from them (the
+  graph cache ``.rearm_cache/``, MMRec's ``*_adj_*.pt``, ``user_graph_dict.npy``). Copies a user made
+  are never listed, so never touched.
 
 Adding an installable file later (another model's shim and YAML) means adding an entry to
 :data:`MODEL_SHIMS` and a YAML file to ``configs/model/``; the ledger covers it automatically.
@@ -27,6 +28,7 @@ Adding an installable file later (another model's shim and YAML) means adding an
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -287,9 +289,11 @@ def _remove_folder(ledger: Ledger, folder: Path, members, force: bool, report: R
         return []
     listed = {ledger.resolve(entry.key) for entry in members}
     others = [] if folder.is_dir() and not folder.is_symlink() else [folder]
+    derived = []
     for path in _walk(folder) if not others else ():
-        if path not in listed or ledger.state(path) != "ours":
-            others.append(path)
+        if path in listed and ledger.state(path) == "ours":
+            continue
+        (derived if path not in listed and _regenerable(path.relative_to(folder)) else others).append(path)
     if others:
         shown = ", ".join(str(p.relative_to(folder)) if p != folder else str(p) for p in others[:5])
         more = f" and {len(others) - 5} more" if len(others) > 5 else ""
@@ -300,8 +304,8 @@ def _remove_folder(ledger: Ledger, folder: Path, members, force: bool, report: R
             _say(report, f"kept      {folder}/: it holds files mmrec-rearm did not write or that changed ({shown}{more}), "
                          "so it is yours now (delete it yourself, or uninstall --force moves it to .bak)")
         return []
-    for path in listed:
-        if path.is_file():
+    for path in list(listed) + derived:
+        if path.is_file() or path.is_symlink():
             path.unlink()
     try:  # rmdir, never rmtree: a file that appeared meanwhile stops the removal instead of going with it
         for base, dirs, _names in os.walk(folder, topdown=False):
@@ -311,8 +315,22 @@ def _remove_folder(ledger: Ledger, folder: Path, members, force: bool, report: R
     except OSError as exc:
         _say(report, f"kept      {folder}/: not empty after removing mmrec-rearm's files ({exc.strerror})")
         return list(listed)
-    _say(report, f"removed   {folder}/ ({len(listed)} file(s) of mmrec-rearm)")
+    caches = f" and {len(derived)} cache file(s) computed from them" if derived else ""
+    _say(report, f"removed   {folder}/ ({len(listed)} file(s) of mmrec-rearm{caches})")
     return [folder]
+
+
+#: Files computed from a dataset folder's own files, which go with it: MMRec's model caches and the
+#: DRAGON / DualGNN user graph (``mmrec-rearm user-graph`` rebuilds it in seconds).
+_REGENERABLE = re.compile(r"(mm|image|text)_adj_[\w.-]*\.pt|user_graph_dict\.npy")
+
+
+def _regenerable(relative: Path) -> bool:
+    """A cache inside a dataset folder we created: our graph cache folder, or one of :data:`_REGENERABLE`."""
+    parts = relative.parts
+    if parts[0] == ".rearm_cache":
+        return len(parts) > 1 and (parts[1].startswith("graphs.lmdb") or parts[1].endswith(".lock"))
+    return len(parts) == 1 and bool(_REGENERABLE.fullmatch(parts[0]))
 
 
 def _walk(folder: Path) -> Iterable[Path]:

@@ -25,7 +25,7 @@ from . import processes
 from .errors import InstallError, Interrupted
 from .install import MODEL_SHIMS, Report, data_root, find_checkout, marked, place_files, planned_files
 
-__all__ = ["QuickstartResult", "quickstart", "parse_final_metrics", "demo_files"]
+__all__ = ["QuickstartResult", "quickstart", "parse_final_metrics", "demo_files", "place_demo_dataset"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _TAIL_LINES = 40
@@ -109,6 +109,16 @@ def demo_files(root: Path, name: str, n_users: int, n_items: int, seed: int) -> 
                                 synth.demo_dataset_files(name, n_users=n_users, n_items=n_items, seed=seed).items()}
     files[root / "src" / "configs" / "dataset" / f"{name}.yaml"] = marked(synth.demo_dataset_yaml(name)).encode("utf-8")
     return folder, files
+
+
+def place_demo_dataset(mmrec_dir: PathLike, name: str = "rearm_demo", n_users: int = 2000, n_items: int = 1000,
+                       seed: int = 0, *, force: bool = False, report: Report = print) -> Path:
+    """Write the demo dataset and its dataset YAML into the checkout, recorded in the install ledger
+    (what :func:`quickstart` does besides installing and training). -> the dataset folder."""
+    root = find_checkout(mmrec_dir)
+    folder, files = demo_files(root, name, n_users, n_items, seed)
+    place_files(root, files, folders=[folder], force=force, report=report)
+    return folder
 
 
 # Runs inside MMRec's src/. With single_point, every hyper-parameter list MMRec would grid over is

@@ -120,9 +120,11 @@ def dataset_yaml_text(name: str, *, inter_file: Optional[str] = None, vision_fea
              "TIME_FIELD: timestamp",
              "filter_out_cod_start_users: True",
              f"inter_file_name: '{inter_file or name + '.inter'}'"]
-    # a missing slot must still name some file: MMRec joins it into a path (absent file -> slot empty)
-    lines.append(f"vision_feature_file: '{vision_feature_file or 'image_feat.npy'}'")
-    lines.append(f"text_feature_file: '{text_feature_file or 'text_feat.npy'}'")
+    # MMRec joins each slot's name into a path, so an unused slot gets '' (never None): the joined path is
+    # the folder itself, no file, and the slot stays empty. A name of a file that does not exist would
+    # make REARM stop with an error naming it.
+    lines.append(f"vision_feature_file: '{vision_feature_file or ''}'")
+    lines.append(f"text_feature_file: '{text_feature_file or ''}'")
     lines += [f"user_graph_dict_file: '{user_graph_dict_file}'", 'field_separator: "\\t"']
     return "\n".join(lines) + "\n"
 
