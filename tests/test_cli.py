@@ -188,7 +188,7 @@ def test_export_into_a_file_path_exits_2(toy, tmp_path, capsys):
     blocker = tmp_path / "taken"
     blocker.write_text("x")
     code, out, err = run(capsys, "graphs", toy, *K1, "--export", blocker / "sub")
-    assert code == 2 and err.startswith(f"error: {blocker / 'sub'}: cannot create the export folder")
+    assert code == 2 and err.startswith(f"error: {blocker / 'sub'}: cannot write the exported graphs there")
     assert out == "" and not (toy / ".rearm_cache").exists()  # refused before reading or building
 
 

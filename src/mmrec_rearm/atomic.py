@@ -83,9 +83,24 @@ def atomic_open(path: PathLike, mode: str = "wb", *, what: str = "the file",
         if isinstance(exc, OutputError):
             raise
         raise _explain(path, exc, what) from None
-    except BaseException:
+    except BaseException as exc:
         _remove_quietly(temporary)
+        cause = _os_error_behind(exc)
+        if cause is not None:  # e.g. zipfile's close failing after the disk filled up mid-write
+            raise _explain(path, cause, what) from None
         raise
+
+
+def _os_error_behind(exc: BaseException):
+    """The OSError that led to ``exc`` (its cause or context chain), or None."""
+    seen = set()
+    current = exc.__cause__ or exc.__context__
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _remove_quietly(path: str) -> None:

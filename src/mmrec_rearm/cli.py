@@ -155,21 +155,27 @@ def _cmd_graphs(args: argparse.Namespace) -> int:
 
 
 def _export_dir(out_dir: Path) -> Path:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RearmError(f"{out_dir}: cannot create the export folder ({exc}); pick a writable path.") from exc
-    return out_dir.resolve()
+    """The export folder, created and checked writable before the graphs are built."""
+    from .atomic import check_writable
+
+    return Path(check_writable(out_dir, what="the exported graphs"))
 
 
 def _export(graphs, out_dir: Path) -> None:
-    """Write each graph as ``<name>.npz`` (CSR float32, rows = users / items in id order)."""
+    """Write each graph as ``<name>.npz`` (CSR float32, rows = users / items in id order), each
+    atomically: a failure (full disk) leaves the previous file or none, never a torn one."""
+    import io
+
     import numpy as np
     import scipy.sparse as sp
 
+    from .atomic import write_bytes
+
     for name in EXPORT_NAMES:
         mat = sp.csr_matrix(getattr(graphs, name), dtype=np.float32)
-        sp.save_npz(out_dir / f"{name}.npz", mat)
+        buffer = io.BytesIO()  # zipfile cannot be stopped cleanly mid-write; the file gets whole bytes
+        sp.save_npz(buffer, mat)
+        write_bytes(out_dir / f"{name}.npz", buffer.getvalue(), what=f"the exported graph {name}")
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
