@@ -172,3 +172,47 @@ def fake_mmrec(tmp_path) -> Path:
 def real_mmrec(mmrec_clone) -> Path:
     """Temporary clone of the real checkout (located by locate_mmrec_checkout)."""
     return mmrec_clone
+
+
+# --- folders that cannot be written (tests/test_output_safety.py, tests/test_cache_faults.py) ----
+
+def mount(folder: Path, *options: str) -> bool:
+    """``mount OPTIONS FOLDER`` as root on Linux -> whether it worked (False elsewhere)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", *options, str(folder)], capture_output=True).returncode == 0
+
+
+class ReadOnly:
+    """Makes existing folders read-only, the way that works for this user; undone at the end."""
+
+    def __init__(self):
+        self.undo = []
+
+    def __call__(self, folder: Path) -> Path:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            self.undo.append(lambda: folder.chmod(0o755))
+        elif mount(folder, "--bind", str(folder)):
+            self.undo.append(lambda: subprocess.run(["umount", str(folder)], check=True))
+            if not mount(folder, "-o", "remount,bind,ro"):
+                pytest.skip("READ-ONLY FOLDER TEST SKIPPED: as root, a read-only bind mount failed")
+        else:
+            pytest.skip("READ-ONLY FOLDER TEST SKIPPED: running as root, where file permissions do not apply, and "
+                        "a read-only bind mount failed; run the tests as a normal user to enable it")
+        return folder
+
+
+@pytest.fixture
+def make_read_only():
+    maker = ReadOnly()
+    yield maker
+    for undo in reversed(maker.undo):
+        undo()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path, make_read_only):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    return make_read_only(folder)

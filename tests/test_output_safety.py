@@ -21,7 +21,7 @@ from mmrec_rearm.cli import main as cli_main
 from mmrec_rearm.errors import OutputError
 from mmrec_rearm.synth import make_demo_dataset
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, mount
 
 K = ["--set", "user_knn_k=5", "item_knn_k=3"]
 
@@ -30,47 +30,6 @@ def run(capsys, *argv) -> tuple:
     code = cli_main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def _mount(folder: Path, *options: str) -> bool:
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return False
-    return subprocess.run(["mount", *options, str(folder)], capture_output=True).returncode == 0
-
-
-class ReadOnly:
-    """Makes existing folders read-only, the way that works for this user; undone at the end."""
-
-    def __init__(self):
-        self.undo = []
-
-    def __call__(self, folder: Path) -> Path:
-        if os.geteuid() != 0:
-            folder.chmod(0o555)
-            self.undo.append(lambda: folder.chmod(0o755))
-        elif _mount(folder, "--bind", str(folder)):
-            self.undo.append(lambda: subprocess.run(["umount", str(folder)], check=True))
-            if not _mount(folder, "-o", "remount,bind,ro"):
-                pytest.skip("READ-ONLY FOLDER TEST SKIPPED: as root, a read-only bind mount failed")
-        else:
-            pytest.skip("READ-ONLY FOLDER TEST SKIPPED: running as root, where file permissions do not apply, and "
-                        "a read-only bind mount failed; run the tests as a normal user to enable it")
-        return folder
-
-
-@pytest.fixture
-def make_read_only():
-    maker = ReadOnly()
-    yield maker
-    for undo in reversed(maker.undo):
-        undo()
-
-
-@pytest.fixture
-def read_only_folder(tmp_path, make_read_only):
-    folder = tmp_path / "read_only"
-    folder.mkdir()
-    return make_read_only(folder)
 
 
 @pytest.fixture
@@ -131,7 +90,7 @@ def _export_limited(dataset: Path, out: Path, limit: int) -> subprocess.Complete
 def test_a_failed_export_leaves_the_previous_files_and_no_torn_one(dataset, tmp_path, fault):
     out = tmp_path / "npz"
     out.mkdir()
-    if fault == "full tmpfs" and not _mount(out, "-t", "tmpfs", "-o", "size=32k", "tmpfs"):
+    if fault == "full tmpfs" and not mount(out, "-t", "tmpfs", "-o", "size=32k", "tmpfs"):
         pytest.skip("FULL-DISK TEST SKIPPED: needs root to mount a small tmpfs; the file size limit case covers "
                     "the same code path")
     try:

@@ -79,3 +79,12 @@ def test_appending_an_incomplete_record_is_refused():
     assert "lacks field 'config_id'" in "; ".join(problems) and "lacks field 'test'" in "; ".join(problems)
     with pytest.raises(ConfigError, match="not a complete run record"):
         RunStore("/nonexistent", "toy").append({"key": "k", "status": "ok"})
+
+
+def test_a_second_comparison_on_the_same_results_is_refused_while_the_first_runs(tmp_path):
+    root = make_fake_mmrec(tmp_path / "mmrec", {"B": MODEL_B})
+    store = RunStore(tmp_path / "results", "toy")
+    with store.exclusive():
+        with pytest.raises(ConfigError, match="another comparison is running on this results folder"):
+            compare(root, "toy", ["B"], results_dir=tmp_path / "results", progress=None,
+                    run_fn=lambda *a: pytest.fail("a run started beside the running comparison"))
