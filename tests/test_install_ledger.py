@@ -192,6 +192,18 @@ def test_a_damaged_ledger_stops_uninstall_before_anything_is_removed(fake_mmrec,
     assert all_files(fake_mmrec) == files
 
 
+def test_a_ledger_row_outside_the_checkout_is_never_acted_on(fake_mmrec, tmp_path, capsys):
+    from mmrec_rearm.ledger import digest
+
+    assert run(capsys, "install", fake_mmrec)[0] == 0
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("not mmrec-rearm's\n")
+    ledger = fake_mmrec / ".mmrec-rearm-RECORD"
+    ledger.write_text(ledger.read_text() + f"{victim},{digest(victim.read_bytes())},{victim.stat().st_size}\n")
+    code, out, _ = run(capsys, "uninstall", fake_mmrec)
+    assert code == 0 and f"skipped   {victim}" in out and victim.read_text() == "not mmrec-rearm's\n"
+
+
 def test_an_install_without_ledger_adopts_identical_files_only(fake_mmrec, capsys):
     """A checkout installed by an older mmrec-rearm (marker line, no ledger)."""
     assert run(capsys, "install", fake_mmrec)[0] == 0

@@ -249,6 +249,10 @@ def uninstall(mmrec_dir: PathLike, *, force: bool = False, report: Report = prin
         return []
     removed: List[Path] = []
     grouped = set()
+    for key in [k for k in ledger.entries if not _inside(ledger.resolve(k), (root, data_root(root)))]:
+        _say(report, f"skipped   {ledger.resolve(key)}: listed in the ledger but outside the checkout and MMRec's "
+                     "data folder, where mmrec-rearm never writes; left alone")
+        ledger.forget(key)
     for folder_entry in ledger.folders():
         members = list(ledger.files_under(folder_entry.key))
         grouped.update(entry.key for entry in members)
@@ -258,6 +262,12 @@ def uninstall(mmrec_dir: PathLike, *, force: bool = False, report: Report = prin
     ledger.entries.clear()
     ledger.save()
     return removed
+
+
+def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    absolute = os.path.abspath(path)
+    return any(os.path.commonpath([absolute, os.path.abspath(folder)]) == os.path.abspath(folder)
+               for folder in folders)
 
 
 def _remove_file(ledger: Ledger, path: Path, force: bool, report: Report) -> List[Path]:
