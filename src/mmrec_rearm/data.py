@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from .errors import DatasetError
 from .features import load_feature_file, validate_features
+from .inter_parse import field_bounds, parse_int_column
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -43,8 +44,6 @@ DEFAULT_FEATURES: Mapping[str, str] = {"image": "image_feat.npy", "text": "text_
 #: columns of the .inter header that must be present (any others are ignored).
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 _SPLIT_NAMES = {0: "train", 1: "valid", 2: "test"}
-# Rows parsed per chunk by the vectorised integer parser; bounds its scratch memory.
-_PARSE_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,10 +189,10 @@ def read_interactions(path: PathLike) -> _Interactions:
             )
         columns[col] = header.index(col)
 
-    starts, ends, line_no = _field_bounds(path, body, len(header))
-    users = _parse_int_column(path, body, starts, ends, line_no, columns["userID"], "userID")
-    items = _parse_int_column(path, body, starts, ends, line_no, columns["itemID"], "itemID")
-    labels = _parse_int_column(path, body, starts, ends, line_no, columns["x_label"], "x_label")
+    starts, ends, line_no = field_bounds(path, body, len(header))
+    users = parse_int_column(path, body, starts, ends, line_no, columns["userID"], "userID")
+    items = parse_int_column(path, body, starts, ends, line_no, columns["itemID"], "itemID")
+    labels = parse_int_column(path, body, starts, ends, line_no, columns["x_label"], "x_label")
     for field, ids in (("userID", users), ("itemID", items)):
         if ids.size and ids.min() < 0:
             row = int(np.argmax(ids < 0))
@@ -253,92 +252,6 @@ def _available_memory() -> Optional[int]:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def _field_bounds(path: Path, body: bytes, n_cols: int):
-    """Start/end byte offsets ``(n_rows, n_cols)`` of every field, and 1-based file line numbers.
-
-    Blank lines are skipped (as pandas does); a line with a different number of fields than the
-    header is an error naming the line.
-    """
-    if body and not body.endswith(b"\n"):
-        body = body + b"\n"
-    buf = np.frombuffer(body, dtype=np.uint8)
-    line_ends = np.flatnonzero(buf == 10)
-    line_starts = np.empty_like(line_ends)
-    if line_ends.size:
-        line_starts[0] = 0
-        line_starts[1:] = line_ends[:-1] + 1
-    keep = line_ends > line_starts
-    is_tab = buf == 9
-    tab_count = np.concatenate(([0], np.cumsum(is_tab, dtype=np.int64)))
-    tabs_per_line = tab_count[line_ends] - tab_count[line_starts]
-    wrong = keep & (tabs_per_line != n_cols - 1)
-    if wrong.any():
-        k = int(np.argmax(wrong))
-        text = body[line_starts[k] : line_ends[k]].decode("utf-8", "replace")
-        raise DatasetError(
-            f"{path}: line {k + 2} has {int(tabs_per_line[k]) + 1} tab-separated fields but the "
-            f"header has {n_cols}: {text[:80]!r}; fix the line or the header (fields are separated by "
-            "one tab)."
-        )
-    line_no = (np.flatnonzero(keep) + 2).astype(np.int64)  # +1 for 1-based, +1 for the header
-    n_rows = int(keep.sum())
-    # Every kept line has exactly n_cols - 1 tabs and blank lines have none, so all separators
-    # sorted together fall into n_cols per row.
-    seps = np.sort(np.concatenate((np.flatnonzero(is_tab), line_ends[keep]))).reshape(n_rows, n_cols)
-    starts = np.empty_like(seps)
-    starts[:, 0] = line_starts[keep]
-    starts[:, 1:] = seps[:, :-1] + 1
-    return starts, seps, line_no
-
-
-def _parse_int_column(path: Path, body: bytes, starts, ends, line_no, col: int, field: str) -> np.ndarray:
-    s = starts[:, col]
-    e = ends[:, col]
-    out = np.empty(s.shape[0], dtype=np.int64)
-    buf = np.frombuffer(body, dtype=np.uint8)
-    pow10 = 10 ** np.arange(18, dtype=np.int64)
-    for lo in range(0, s.shape[0], _PARSE_CHUNK):
-        cs, ce = s[lo : lo + _PARSE_CHUNK], e[lo : lo + _PARSE_CHUNK]
-        values = _parse_digits(buf, cs, ce, pow10)
-        if values is None:  # something other than plain digits: parse exactly, with messages
-            values = _parse_slow(path, body, cs, ce, line_no[lo : lo + _PARSE_CHUNK], field)
-        out[lo : lo + cs.shape[0]] = values
-    return out
-
-
-def _parse_digits(buf: np.ndarray, s: np.ndarray, e: np.ndarray, pow10: np.ndarray):
-    """Vectorised parse of fields made only of 1..18 ASCII digits; None if any field is not."""
-    if s.size == 0:
-        return np.empty(0, dtype=np.int64)
-    length = e - s
-    if length.min() < 1 or length.max() > 18:
-        return None
-    width = int(length.max())
-    pos = np.arange(width)
-    inside = pos[None, :] < length[:, None]
-    idx = np.where(inside, s[:, None] + pos[None, :], 0)
-    digits = buf[idx].astype(np.int64) - 48
-    if not ((digits >= 0) & (digits <= 9) | ~inside).all():
-        return None
-    place = np.where(inside, length[:, None] - 1 - pos[None, :], 0)
-    return (np.where(inside, digits, 0) * pow10[place]).sum(axis=1)
-
-
-def _parse_slow(path: Path, body: bytes, s, e, line_no, field: str) -> np.ndarray:
-    values = np.empty(s.shape[0], dtype=np.int64)
-    for k, (a, b) in enumerate(zip(s.tolist(), e.tolist())):
-        text = body[a:b]
-        try:
-            values[k] = int(text)
-        except (ValueError, OverflowError):
-            shown = text.decode("utf-8", "replace")
-            raise DatasetError(
-                f"{path}: line {int(line_no[k])}, column '{field}' has value {shown!r}, which is "
-                f"not an integer; {field} must be a whole number (no decimals or text)."
-            ) from None
-    return values
 
 
 # --------------------------------------------------------------------------------------------
