@@ -35,11 +35,18 @@ def user_files(root: Path, base: Path) -> dict:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
-def place_demo(capsys, root: Path) -> Path:
-    """Write the demo dataset the way a user gets it: `quickstart`. The fake tree has no MMRec to
-    train with, so the run itself fails after install and the demo data are in place."""
-    code, _, err = run(capsys, "quickstart", "--mmrec", root, "--epochs", "1")
-    assert code == 2 and "quick_start failed" in err
+def place_demo(capsys, root: Path, through_quickstart: bool = False) -> Path:
+    """Install and write the demo dataset as `quickstart` does (``through_quickstart``: by running it;
+    the fake tree has no MMRec to train with, so the run fails after install and the demo data are
+    in place)."""
+    from mmrec_rearm.quickstart import place_demo_dataset
+
+    if through_quickstart:
+        code, _, err = run(capsys, "quickstart", "--mmrec", root, "--epochs", "1")
+        assert code == 2 and "quick_start failed" in err
+    else:
+        assert run(capsys, "install", root)[0] == 0
+        place_demo_dataset(root, n_users=400, n_items=300, report=None)
     folder = root / "data" / "rearm_demo"
     assert (folder / "rearm_demo.inter").is_file()
     return folder
@@ -76,7 +83,7 @@ def test_uninstall_never_removes_copies_of_our_files(fake_mmrec, capsys):
 
 
 def test_uninstall_never_touches_a_copied_or_extended_demo_dataset(fake_mmrec, capsys):
-    demo = place_demo(capsys, fake_mmrec)
+    demo = place_demo(capsys, fake_mmrec, through_quickstart=True)
     mine = fake_mmrec / "data" / "my_dataset"
     shutil.copytree(demo, mine)
     (mine / "rearm_demo.inter").rename(mine / "my_dataset.inter")

@@ -38,7 +38,7 @@ from .ledger import LEDGER_NAME, Ledger, backup_name
 
 __all__ = [
     "MARKER", "MODEL_SHIMS", "SHIM_RELPATH", "REQUIRED", "LEDGER_NAME", "find_checkout",
-    "package_configs_dir", "planned_files", "place_files", "install", "uninstall", "data_root",
+    "package_configs_dir", "planned_files", "place_files", "check_placeable", "install", "uninstall", "data_root",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -167,6 +167,45 @@ def place_files(root: PathLike, files: Mapping[Path, Union[str, bytes]], *, fold
     """
     ledger = Ledger.load(root)
     contents = {Path(p): (c.encode("utf-8") if isinstance(c, str) else bytes(c)) for p, c in files.items()}
+    conflicts, actions = _plan(ledger, contents, folders, update)
+    if conflicts and not force:
+        raise _refusal(conflicts)
+    written: List[Path] = []
+    try:
+        for path, why in conflicts:
+            _move_aside(ledger, path, why, report)
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            ledger.record_folder(folder)
+        for path, action in actions:
+            if action != "unchanged":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes(path, contents[path], what="an mmrec-rearm file")
+            ledger.record_file(path, contents[path])
+            _say(report, f"{action:<9} {path}")
+            written.append(path)
+    finally:
+        ledger.save()  # also after a failure: what was written is recorded
+    return written
+
+
+def check_placeable(root: PathLike, files: Mapping[Path, Union[str, bytes]], *,
+                    folders: Sequence[Path] = ()) -> None:
+    """Raise the InstallError :func:`place_files` without ``force`` would raise; write nothing."""
+    contents = {Path(p): (c.encode("utf-8") if isinstance(c, str) else bytes(c)) for p, c in files.items()}
+    conflicts, _ = _plan(Ledger.load(root), contents, folders, True)
+    if conflicts:
+        raise _refusal(conflicts)
+
+
+def _refusal(conflicts: Sequence[Tuple[Path, str]]) -> InstallError:
+    listed = "; ".join(f"{path} ({why})" for path, why in conflicts)
+    return InstallError(f"refusing to overwrite {listed}. Nothing was written. Keep your version by moving it "
+                        "away, or pass --force to move each to <name>.bak first.")
+
+
+def _plan(ledger: Ledger, contents: Mapping[Path, bytes], folders: Sequence[Path], update: bool) -> tuple:
+    """(conflicts [(path, why)], actions [(path, wrote | unchanged | updated)]) of placing ``contents``."""
     conflicts: List[Tuple[Path, str]] = []
     for folder in folders:
         if (folder.exists() or folder.is_symlink()) and not ledger.has_folder(folder):
@@ -186,27 +225,7 @@ def place_files(root: PathLike, files: Mapping[Path, Union[str, bytes]], *, fold
             why = _WHY.get(state, "an earlier mmrec-rearm version of this file differs from the new one")
             conflicts.append((path, why))
             actions.append((path, "wrote"))
-    if conflicts and not force:
-        listed = "; ".join(f"{path} ({why})" for path, why in conflicts)
-        raise InstallError(f"refusing to overwrite {listed}. Nothing was written. Keep your version by moving it "
-                           "away, or pass --force to move each to <name>.bak first.")
-    written: List[Path] = []
-    try:
-        for path, why in conflicts:
-            _move_aside(ledger, path, why, report)
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            ledger.record_folder(folder)
-        for path, action in actions:
-            if action != "unchanged":
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_bytes(path, contents[path], what="an mmrec-rearm file")
-            ledger.record_file(path, contents[path])
-            _say(report, f"{action:<9} {path}")
-            written.append(path)
-    finally:
-        ledger.save()  # also after a failure: what was written is recorded
-    return written
+    return conflicts, actions
 
 
 def _move_aside(ledger: Ledger, path: Path, why: str, report: Report) -> Path:

@@ -23,7 +23,8 @@ from typing import Dict, List, Mapping, Optional, TextIO, Tuple, Union
 
 from . import processes
 from .errors import InstallError, Interrupted
-from .install import MODEL_SHIMS, Report, data_root, find_checkout, marked, place_files, planned_files
+from .install import (MODEL_SHIMS, Report, check_placeable, data_root, find_checkout, marked, place_files,
+                      planned_files)
 
 __all__ = ["QuickstartResult", "quickstart", "parse_final_metrics", "demo_files", "place_demo_dataset"]
 
@@ -190,10 +191,13 @@ def quickstart(
         raise InstallError(f"epochs={epochs}: must be >= 1")
     out = stream if stream is not None else sys.stdout
     root = find_checkout(mmrec_dir)
+    folder, demo = demo_files(root, dataset, n_users, n_items, seed)
+    files = {**planned_files(root), **demo}
+    if not force:
+        check_placeable(root, files, folders=[folder])  # the cheap refusal first
     if model in MODEL_SHIMS:
         _check_importable(python, MODEL_SHIMS[model])
-    folder, demo = demo_files(root, dataset, n_users, n_items, seed)
-    installed = place_files(root, {**planned_files(root), **demo}, folders=[folder], force=force, report=report)
+    installed = place_files(root, files, folders=[folder], force=force, report=report)
 
     job = {"model": model, "dataset": dataset, "single_point": bool(single_point),
            "config": {"epochs": int(epochs), **dict(config or {})}}
