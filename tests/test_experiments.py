@@ -300,16 +300,22 @@ def test_table2_csv_exact():
 # the store and resume
 
 
+def _record(key: str, status: str = "ok") -> dict:
+    metrics = {"valid": {"recall@20": 0.1}, "test": {"recall@20": 0.1}} if status == "ok" else {}
+    return {"schema": 1, "key": key, "status": status, "dataset": "d", "model": "A", "config_id": "c",
+            "config": {}, "seed": 999, **metrics}
+
+
 def test_store_skips_truncated_line_and_next_append_starts_a_new_line(tmp_path):
     store = RunStore(tmp_path, "d")
-    store.append({"key": "a", "status": "ok"})
+    store.append(_record("a"))
     with open(store.path, "ab") as handle:
         handle.write(b'{"key": "b", "sta')           # killed mid-write
-    store.append({"key": "c", "status": "failed"})
-    with pytest.warns(UserWarning, match="line 2 is not a complete JSON record"):
+    store.append(_record("c", "failed"))
+    with pytest.warns(UserWarning, match="line 2: is not a complete JSON record"):
         records, bad = store.read()
     assert [r["key"] for r in records] == ["a", "c"] and bad == 1
-    with pytest.raises(ConfigError, match="needs 'key' and 'status'"):
+    with pytest.raises(ConfigError, match="not a complete run record .*lacks field 'status'"):
         store.append({"key": "x"})
 
 

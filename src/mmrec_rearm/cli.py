@@ -4,14 +4,15 @@
                        [--export OUT_DIR] [--cache-dir DIR] [--no-cache]
     mmrec-rearm cache ls DIR
     mmrec-rearm cache clear DIR [--key KEY]
-    mmrec-rearm install MMREC_DIR
-    mmrec-rearm uninstall MMREC_DIR
-    mmrec-rearm quickstart --mmrec MMREC_DIR [--epochs N]
+    mmrec-rearm install MMREC_DIR [--force]
+    mmrec-rearm uninstall MMREC_DIR [--force]
+    mmrec-rearm quickstart --mmrec MMREC_DIR [--epochs N] [--force]
     mmrec-rearm compare | ablate | sensitivity | heatmap | recommend | tune | user-graph |
                 convert-official-splits ...   (mmrec_rearm.experiments)
 
 Errors raised on purpose by this package (``RearmError``) print ``error: <message>`` to stderr and
-exit with status 2; an interrupt (Ctrl-C) exits with 130; anything else is a bug and keeps its traceback.
+exit with status 2; anything else is a bug and keeps its traceback. Ctrl-C (or SIGTERM during runs)
+prints one line ``interrupted: <what finished, how to resume>`` and exits with status 130, without a traceback.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .errors import DatasetError, GraphParamError, RearmError
+from .errors import DatasetError, GraphParamError, Interrupted, RearmError
 
 __all__ = ["main", "build_parser", "parse_value", "parse_params", "EXPORT_NAMES"]
 
@@ -155,21 +156,27 @@ def _cmd_graphs(args: argparse.Namespace) -> int:
 
 
 def _export_dir(out_dir: Path) -> Path:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RearmError(f"{out_dir}: cannot create the export folder ({exc}); pick a writable path.") from exc
-    return out_dir.resolve()
+    """The export folder, created and checked writable before the graphs are built."""
+    from .atomic import check_writable
+
+    return Path(check_writable(out_dir, what="the exported graphs"))
 
 
 def _export(graphs, out_dir: Path) -> None:
-    """Write each graph as ``<name>.npz`` (CSR float32, rows = users / items in id order)."""
+    """Write each graph as ``<name>.npz`` (CSR float32, rows = users / items in id order), each
+    atomically: a failure (full disk) leaves the previous file or none, never a torn one."""
+    import io
+
     import numpy as np
     import scipy.sparse as sp
 
+    from .atomic import write_bytes
+
     for name in EXPORT_NAMES:
         mat = sp.csr_matrix(getattr(graphs, name), dtype=np.float32)
-        sp.save_npz(out_dir / f"{name}.npz", mat)
+        buffer = io.BytesIO()  # zipfile cannot be stopped cleanly mid-write; the file gets whole bytes
+        sp.save_npz(buffer, mat)
+        write_bytes(out_dir / f"{name}.npz", buffer.getvalue(), what=f"the exported graph {name}")
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
@@ -188,26 +195,28 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _installer(name: str) -> Callable:
-    from . import install  # lazily: `graphs` must work without the installer's dependencies
+def _installer(name: str, module: str = "install") -> Callable:
+    import importlib  # lazily: `graphs` must work without the installer's dependencies
 
-    return getattr(install, name)
+    return getattr(importlib.import_module(f"mmrec_rearm.{module}"), name)
 
 
 # The installer reports each file / the final metrics itself, so these handlers print nothing.
 def _cmd_install(args: argparse.Namespace) -> int:
-    _installer("install")(args.mmrec_dir)
+    _installer("install")(args.mmrec_dir, **({"force": True} if args.force else {}))
     return 0
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
-    _installer("uninstall")(args.mmrec_dir)
+    _installer("uninstall")(args.mmrec_dir, **({"force": True} if args.force else {}))
     return 0
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     kwargs = {} if args.epochs is None else {"epochs": args.epochs}
-    _installer("quickstart")(args.mmrec, **kwargs)
+    if args.force:
+        kwargs["force"] = True
+    _installer("quickstart", "quickstart")(args.mmrec, **kwargs)
     return 0
 
 
@@ -242,17 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key", help="clear only this entry")
     c.set_defaults(handler=_cmd_cache)
 
-    i = sub.add_parser("install", help="install REARM into an MMRec checkout")
+    i = sub.add_parser("install", help="install REARM into an MMRec checkout",
+                       description="Write REARM's shim and YAML files into an MMRec checkout and record each, "
+                                   "with its content hash, in MMREC_DIR/.mmrec-rearm-RECORD. A file that is not "
+                                   "ours, or that changed since we wrote it, is never overwritten.")
     i.add_argument("mmrec_dir", metavar="MMREC_DIR")
+    i.add_argument("--force", action="store_true",
+                   help="move each file in the way (yours, or changed since install) to FILE.bak, then write ours")
     i.set_defaults(handler=_cmd_install)
 
-    u = sub.add_parser("uninstall", help="remove REARM from an MMRec checkout")
+    u = sub.add_parser("uninstall", help="remove REARM from an MMRec checkout",
+                       description="Remove what install / quickstart / compare recorded in the ledger and is "
+                                   "unchanged. Edited files and folders holding files of yours stay.")
     u.add_argument("mmrec_dir", metavar="MMREC_DIR")
+    u.add_argument("--force", action="store_true",
+                   help="move edited files (and folders holding files of yours) to NAME.bak instead of keeping "
+                        "them in place; nothing is ever deleted that was not ours and unchanged")
     u.set_defaults(handler=_cmd_uninstall)
 
     q = sub.add_parser("quickstart", help="install, generate the demo dataset and train briefly")
     q.add_argument("--mmrec", metavar="MMREC_DIR", required=True)
     q.add_argument("--epochs", type=int, default=None)
+    q.add_argument("--force", action="store_true", help="as install --force, for the install and demo files")
     q.set_defaults(handler=_cmd_quickstart)
 
     from .experiments.commands import add_subcommands  # compare, tune, user-graph, convert-official-splits, ...
@@ -275,10 +295,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RearmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM during runs: the runs in flight were killed
-        print("interrupted: runs in flight were stopped and not recorded; rerun the same command to go on.",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {_interrupted(args.command, exc)}", file=sys.stderr)
         return 130
+
+
+def _interrupted(command: str, exc: KeyboardInterrupt) -> str:
+    """The one line for Ctrl-C: the command's own account when it gave one (:class:`Interrupted`)."""
+    if isinstance(exc, Interrupted) and str(exc):
+        return str(exc)
+    return (f"`mmrec-rearm {command}` stopped before it finished. Files are only ever replaced whole and the "
+            "graph cache keeps complete entries only, so nothing half-written was left; run the same command "
+            "again to redo the work.")
 
 
 if __name__ == "__main__":  # pragma: no cover

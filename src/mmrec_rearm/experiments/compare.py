@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from ..atomic import check_writable, write_text
 from ..errors import ConfigError, DatasetError
 from .datasets import detect_feature_files, write_dataset_yaml
 from .mmrec_config import (check_model, dataset_folder, dataset_yaml_path, merged_config, mmrec_src,
@@ -85,6 +86,15 @@ def stage_dataset(data_dir: Path, staging_root: Path, dataset: str) -> Path:
             if entry.is_file():
                 shutil.copy2(entry, link)
     return staged
+
+
+def prepared_store(results_dir: Path, dataset: str, progress: Optional[Progress]) -> RunStore:
+    """The results store of ``dataset``, its folder checked writable before any run starts (a run
+    whose record cannot be written would be lost). Unusable records are reported through
+    ``progress`` as ``warning: ...`` lines (``warnings.warn`` when None)."""
+    check_writable(results_dir / dataset, what="run records and tables")
+    report = (lambda line: progress(f"warning: {line}")) if progress else None
+    return RunStore(results_dir, dataset, report=report)
 
 
 def user_path(path: PathLike) -> Path:
@@ -184,6 +194,7 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
     # the runs start in MMRec's src/: every path the user gave is made absolute here, in their folder
     results_dir = user_path(results_dir)
     results_root = results_dir / dataset
+    store = prepared_store(results_dir, dataset, progress)
     folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
                                     results_root, write_yaml=execute, progress=say)
     slots = make_slots(jobs, devices)
@@ -198,7 +209,6 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
     plan = build_plan(src, dataset, models, seed_values, epochs, overrides, extra_overrides=tuned)
     for warning in plan.warnings:
         say(f"warning: {warning}")
-    store = RunStore(results_dir, dataset)
     with store.exclusive():
         if execute:
             extra.update(_prepare_user_graph(src, folder, dataset, models, user_graph_k, say))
@@ -226,14 +236,13 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
                 + f"configuration chosen per model on validation "
                 f"{', '.join(sorted(set(plan.valid_metric.values())))} (mean over seeds); "
                 f"{len(records)} of {len(plan.runs)} planned runs have a record.")
-    results_root.mkdir(parents=True, exist_ok=True)
     files = {"table2.md": results_root / "table2.md", "table2.csv": results_root / "table2.csv"}
-    files["table2.md"].write_text(report_markdown(dataset, summaries, models, rows, target_model, settings),
-                                  encoding="utf-8")
-    files["table2.csv"].write_text(table2_csv(dataset, summaries, models, target_model), encoding="utf-8")
+    write_text(files["table2.md"], report_markdown(dataset, summaries, models, rows, target_model, settings),
+               what="Table 2")
+    write_text(files["table2.csv"], table2_csv(dataset, summaries, models, target_model), what="Table 2")
     if rows:
         files["significance.csv"] = results_root / "significance.csv"
-        files["significance.csv"].write_text(comparisons_csv(rows), encoding="utf-8")
+        write_text(files["significance.csv"], comparisons_csv(rows), what="the significance tests")
     say("")
     say(table2_markdown(dataset, summaries, models, target_model).rstrip())
     say(f"\nwrote {', '.join(str(p) for p in files.values())}")

@@ -1,6 +1,9 @@
 """Parent side of one run: start the runner subprocess in MMRec's ``src``, stream its progress,
 keep its whole output as a log file, and turn whatever happened into a result dict.
 
+The subprocess is started with :func:`mmrec_rearm.processes.start`: it is killed when this process
+dies, even by ``kill -9``, and Ctrl-C here stops it (SIGTERM, then SIGKILL) before the interrupt goes on.
+
 A run that crashes, is killed by a signal, times out or cannot import a package becomes a
 ``failed`` result with a one-line ``message`` (naming the missing package when there is one)
 and the tail of the output in ``error``; it never raises, so the other runs go on.
@@ -16,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
+from .. import processes
+from ..atomic import write_text
 from . import runner as _runner_module
 from .plan import RunSpec
 
@@ -77,16 +82,16 @@ def launch(spec: RunSpec, src: Path, python: str, work_dir: Path, *, extra: Opti
     for stale in (result_path,):
         if stale.exists():
             stale.unlink()
-    spec_path.write_text(json.dumps({
+    write_text(spec_path, json.dumps({
         "model": spec.model, "dataset": spec.dataset, "config_dict": quick_start_config(spec, extra),
-        "save_model": bool(save_model), "result_path": str(result_path)}, indent=1, default=str), encoding="utf-8")
+        "save_model": bool(save_model), "result_path": str(result_path)}, indent=1, default=str), what="the run's spec")
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(env or {})}
     timed_out = threading.Event()
     try:
-        process = subprocess.Popen([python, str(RUNNER_PATH), str(spec_path)], cwd=str(src), env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   encoding="utf-8", errors="replace", bufsize=1)
+        process = processes.start([python, str(RUNNER_PATH), str(spec_path)], cwd=str(src), env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  encoding="utf-8", errors="replace", bufsize=1)
     except OSError as exc:
         return {"status": "failed", "message": f"cannot start {python}: {exc}", "error": str(exc),
                 "log_path": str(log_path), "wall_s": 0.0}
@@ -118,8 +123,7 @@ def launch(spec: RunSpec, src: Path, python: str, work_dir: Path, *, extra: Opti
                     del output[:-200]
         returncode = process.wait()
     except BaseException:
-        process.kill()  # Ctrl-C in the parent: leave no orphan training behind
-        process.wait()
+        processes.stop(process)  # Ctrl-C in the parent: leave no orphan training behind
         raise
     finally:
         if timer:

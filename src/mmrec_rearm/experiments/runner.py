@@ -38,27 +38,49 @@ best validation score, to ``<results>/<dataset>/checkpoints/<run key>.pt`` (deri
 ``checkpoint_path`` in the spec wins, an empty one disables it, and so does the environment
 variable ``MMREC_REARM_CHECKPOINTS=0``). The file is written with ``torch.save`` to a temporary
 name and moved into place with ``os.replace``, so it is always either the previous best or the new
-one. Contents: :func:`checkpoint_payload`.
+one. Contents: :func:`checkpoint_payload`, in the format of :mod:`.checkpoint_format`.
+
+This file imports only the standard library and MMRec at module level; its own helpers
+(:mod:`.checkpoint_format`, :mod:`.progress`, :mod:`mmrec_rearm.atomic`) are standard-library-only
+files loaded by path when it runs by path. Ctrl-C (or SIGINT from the parent) ends it with exit
+status 130 and no result: an interrupted run is redone by the next ``compare``.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
-import math
 import os
 import platform
-import re
 import sys
 import time
 import traceback
 
-PROGRESS_PREFIX = "@@mmrec-rearm "
+
+def _own_module(name: str, relative_path: str):
+    """Our standard-library-only module ``name``: imported normally when this file is part of the
+    package, loaded from ``relative_path`` (relative to this file) when it runs by path."""
+    if __package__:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(
+        "_mmrec_rearm_" + name.rsplit(".", 1)[-1], os.path.join(os.path.dirname(os.path.abspath(__file__)), relative_path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+checkpoint_format = _own_module("mmrec_rearm.experiments.checkpoint_format", "checkpoint_format.py")
+atomic = _own_module("mmrec_rearm.atomic", os.path.join("..", "atomic.py"))
+
+progress = _own_module("mmrec_rearm.experiments.progress", "progress.py")
+PROGRESS_PREFIX = progress.PROGRESS_PREFIX
+emit = progress.emit
+parse_final_lines = progress.parse_final_lines
 
 #: Models whose best-on-validation weights are saved by default (MMRec model names).
 CHECKPOINT_MODELS = ("REARM",)
-#: ``format`` / ``version`` fields of a checkpoint file (read back by :mod:`.checkpoints`).
-CHECKPOINT_FORMAT = "mmrec-rearm-checkpoint"
-CHECKPOINT_VERSION = 1
 #: Set to 0 / false / no to save no checkpoint at all (the spec cannot carry it from compare).
 CHECKPOINT_ENV = "MMREC_REARM_CHECKPOINTS"
 _RESULT_SUFFIX = ".result.json"
@@ -67,80 +89,8 @@ CPU_PARAMETER_FIXES = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",)
 #: Set to 0 / false / no / off to run those models without the CPU fix.
 HOST_FIXES_ENV = "MMREC_REARM_HOST_FIXES"
 
-_EVAL_LINE = re.compile(r"epoch (\d+) evaluating \[time: ([0-9.]+)s, valid_score: ([-+0-9.eEnaif]+)\]")
-_TRAIN_LINE = re.compile(r"training \[time: ([0-9.]+)s")
-_LOSS_VALUE = re.compile(r"train(?:_| )loss\d*: ([-+0-9.eEnaif]+)")
-_NAN_LINE = re.compile(r"Loss is nan at epoch: (\d+)")
-_METRIC_PAIR = re.compile(r"([A-Za-z]+@\d+): ([-+0-9.eE]+)")
-
-
-def emit(event: dict) -> None:
-    sys.stdout.write(PROGRESS_PREFIX + json.dumps(event, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _number(text: str):
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _plain_metrics(result) -> dict:
     return {str(k): float(v) for k, v in dict(result or {}).items()}
-
-
-class _Watcher(logging.Handler):
-    """Turns MMRec's per-epoch log records into progress events and a history list."""
-
-    def __init__(self, started: float):
-        super().__init__(level=logging.INFO)
-        self.started = started
-        self.trainer = None
-        self.history = []
-        self.best_epoch = None
-        self.nan_epoch = None
-        self._loss = None
-        self._train_s = None
-        # seconds of the last _train_epoch as timed by the recording trainer: MMRec's log line has
-        # no time for models whose loss is a tuple (its formatter overwrites the time prefix)
-        self.timed_train_s = None
-
-    def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
-        try:
-            self._consume(record.getMessage())
-        except Exception:  # progress must never break a run
-            pass
-
-    def _consume(self, message: str) -> None:
-        train = _TRAIN_LINE.search(message)
-        losses = _LOSS_VALUE.findall(message)
-        if train or losses:
-            self._train_s = float(train.group(1)) if train else self.timed_train_s
-            values = [_number(v) for v in losses]
-            self._loss = sum(values) if values and None not in values else None
-            return
-        nan = _NAN_LINE.search(message)
-        if nan:
-            self.nan_epoch = int(nan.group(1))
-            return
-        found = _EVAL_LINE.search(message)
-        if not found:
-            return
-        epoch = int(found.group(1))
-        score = _number(found.group(3))
-        # MMRec's early_stopping has already run when this line is logged: cur_step is 0 exactly
-        # when this epoch became the best one.
-        if self.trainer is not None and getattr(self.trainer, "cur_step", None) == 0:
-            self.best_epoch = epoch
-        best = getattr(self.trainer, "best_valid_score", None)
-        entry = {"epoch": epoch, "loss": self._loss, "train_s": self._train_s,
-                 "eval_s": float(found.group(2)), "valid_score": score}
-        self.history.append(entry)
-        emit({"event": "epoch", **entry, "best_epoch": self.best_epoch,
-              "best_score": float(best) if best is not None and best != -1 else None,
-              "elapsed": round(time.time() - self.started, 2)})
 
 
 def _missing_package(exc: BaseException):
@@ -159,22 +109,6 @@ def _log_file():
         if isinstance(handler, logging.FileHandler):
             return handler.baseFilename
     return None
-
-
-def parse_final_lines(text: str):
-    """(valid, test) metric dicts from the last "best valid result:" line of an MMRec log and the
-    first single-line "test result:" after it; (None, None) when absent. Values have 4 decimals."""
-    lines = text.splitlines()
-    for index in range(len(lines) - 1, -1, -1):
-        if "best valid result: " in lines[index]:
-            valid = dict((k, float(v)) for k, v in _METRIC_PAIR.findall(lines[index].split("best valid result: ", 1)[1]))
-            for later in lines[index + 1:]:
-                if "test result: " in later:
-                    pairs = _METRIC_PAIR.findall(later.split("test result: ", 1)[1])
-                    if pairs:
-                        return valid, dict((k, float(v)) for k, v in pairs)
-            return valid, None
-    return None, None
 
 
 def _env_off(name: str) -> bool:
@@ -225,26 +159,23 @@ def checkpoint_target(spec: dict):
     return os.path.join(os.path.dirname(logs), "checkpoints", f"{key}.pt"), key
 
 
-def _json_plain(value):
-    """``value`` as JSON would give it back (torch.device and other objects become strings), so a
-    checkpoint loads with ``torch.load(weights_only=True)``."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def checkpoint_payload(model, config, *, epoch, valid, test, run_key=None) -> dict:
-    """Everything needed to rebuild ``model`` without MMRec's trainer, plus its weights.
+    """Everything needed to rebuild ``model`` without MMRec's trainer, plus its weights: a
+    :data:`~.checkpoint_format.KIND_BEST` payload of :mod:`.checkpoint_format`.
 
     ``config``: MMRec's ``Config`` (its ``final_config_dict`` is taken) or a plain mapping. When the
     model exposes the dataset-dependent values it resolved (REARM: ``settings.preset.values``), they
     are written into the stored configuration, so rebuilding does not depend on the dataset YAML of
-    the MMRec checkout it was trained in. Tensors whose storage is larger than themselves (row
-    blocks, views) are copied first, as ``torch.save`` would otherwise write the whole storage.
+    the MMRec checkout it was trained in. ``data_fingerprint`` is the model's fingerprint of the data
+    it was built on (REARM: training interactions, features, counts), None for a model without one.
+    Tensors whose storage is larger than themselves (row blocks, views) are copied first, as
+    ``torch.save`` would otherwise write the whole storage.
     """
     settings = dict(getattr(config, "final_config_dict", None) or config)
     resolved = getattr(getattr(getattr(model, "settings", None), "preset", None), "values", None)
     if isinstance(resolved, dict):
         settings.update(resolved)
-    settings = _json_plain(settings)
+    settings = checkpoint_format.json_plain(settings)
     state = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
@@ -254,34 +185,25 @@ def checkpoint_payload(model, config, *, epoch, valid, test, run_key=None) -> di
             tensor = tensor.clone()
         state[name] = tensor
     folder = os.path.abspath(str(settings.get("data_path") or "") + str(settings.get("dataset") or ""))
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "model": str(settings.get("model") or type(model).__name__), "dataset": settings.get("dataset"),
-            "dataset_folder": folder, "config": settings,
-            "n_users": int(getattr(model, "n_users", 0) or 0), "n_items": int(getattr(model, "n_items", 0) or 0),
-            "epoch": epoch, "valid": _json_plain(dict(valid or {})), "test": _json_plain(dict(test or {})),
-            "valid_metric": str(settings.get("valid_metric") or "").lower() or None,
-            "run_key": run_key, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "state_dict": state}
+    plain = checkpoint_format.json_plain
+    return checkpoint_format.payload(
+        checkpoint_format.KIND_BEST,
+        model=str(settings.get("model") or type(model).__name__), dataset=settings.get("dataset"),
+        dataset_folder=folder, config=settings, data_fingerprint=getattr(model, "data_fingerprint", None),
+        n_users=int(getattr(model, "n_users", 0) or 0), n_items=int(getattr(model, "n_items", 0) or 0),
+        epoch=epoch, valid=plain(dict(valid or {})), test=plain(dict(test or {})),
+        valid_metric=str(settings.get("valid_metric") or "").lower() or None,
+        run_key=run_key, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), state_dict=state)
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
-    """``torch.save(payload)`` to ``path`` atomically: a temporary file in the same folder, fsynced,
-    then ``os.replace``. On any error the temporary file is removed and ``path`` is unchanged."""
+    """``torch.save(payload)`` to ``path`` atomically (:func:`mmrec_rearm.atomic.atomic_open`): on
+    any error ``path`` is unchanged and no temporary file is left."""
     import torch
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic.atomic_open(path, "wb", what="the checkpoint") as handle:
+        torch.save(payload, handle)
 
 
 class _BestKeeper:
@@ -325,7 +247,7 @@ class _BestKeeper:
 def run(spec: dict) -> dict:
     started = time.time()
     result = {"status": "failed", "host": platform.node(), "python": sys.executable}
-    watcher = _Watcher(started)
+    watcher = progress.Watcher(started)
     captured = {}
     keeper = _BestKeeper(*checkpoint_target(spec))
     if keeper.path and os.path.exists(keeper.path):
@@ -442,12 +364,7 @@ def run(spec: dict) -> dict:
 
 
 def write_atomically(path: str, payload: dict) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    atomic.write_text(path, json.dumps(payload, default=str), what="the run's result")
 
 
 def main(argv=None) -> int:
@@ -461,7 +378,11 @@ def main(argv=None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.path.insert(0, os.getcwd())
-    result = run(spec)
+    try:
+        result = run(spec)
+    except KeyboardInterrupt:  # Ctrl-C: the parent reports it in one line; an interrupted run has no result
+        sys.stderr.write("interrupted: the run was stopped and is not recorded\n")
+        return 130
     write_atomically(spec["result_path"], result)
     emit({"event": "end", "status": result["status"], "message": result.get("message")})
     return 0 if result["status"] == "ok" else 1

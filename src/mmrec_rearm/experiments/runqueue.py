@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import RunsAbortedError
+from ..errors import Interrupted, RunsAbortedError
 from .launch import launch
 from .parallel import Slot, make_slots, run_threads, sigterm_as_interrupt
 from .plan import RunSpec
@@ -154,16 +154,23 @@ def run_queue(queue: Sequence[QueuedRun], dataset: str, store: RunStore, latest:
         for index, item in state.pending():
             say(state.head(index, item) + " - not run (execute=False)")
         return state.executed, state.skipped, state.failed
-    if len(slots) == 1:
+    try:
+        if len(slots) > 1:
+            return _run_parallel(state, slots, start)
         with sigterm_as_interrupt():  # launch kills its run on the interrupt: no orphan keeps training
             for index, item in state.pending():
+                state.in_flight = [item.label]
                 say(state.head(index, item))
                 started = now()
                 result = start(item.spec, epoch_printer(say, item.metric), slots[0])
+                state.in_flight = []
                 if state.finish(index, item, result, started):
                     raise state.crashes.error(state.last, len(queue) - index, store.path)
         return state.executed, state.skipped, state.failed
-    return _run_parallel(state, slots, start)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise state.interrupted() from None
 
 
 class _QueueState:
@@ -177,11 +184,22 @@ class _QueueState:
         self.executed = self.skipped = self.failed = self.started = 0
         self.crashes = CrashWatch()
         self.last: Optional[dict] = None
+        self.in_flight: List[str] = []  # labels of the runs running now (for the interrupt's account)
         self._iterator = iter(enumerate(self.queue, start=1))
 
     def say(self, message: str) -> None:
         with self.lock if self.parallel else _NO_LOCK:
             self._say(message)
+
+    def interrupted(self) -> Interrupted:
+        """The one-line account of an interrupt: what was stopped, what is kept, how to go on."""
+        total = len(self.queue)
+        recorded = sum(1 for queued in self.queue if self.latest.get(queued.spec.key, {}).get("status") == "ok")
+        stopped = (f"stopped {', '.join(self.in_flight)} (not recorded). " if self.in_flight
+                   else "stopped before the next run started. ")
+        return Interrupted(
+            f"{stopped}{self.executed} run(s) finished in this session; {recorded} of {total} are done and kept "
+            f"in {self.store.path}. Run the same command again to do the remaining {total - recorded}.")
 
     def head(self, index: int, item: QueuedRun) -> str:
         return f"run {index} of {len(self.queue)}: {item.label} config {format_config(item.spec.config)}"
@@ -241,6 +259,7 @@ def _run_parallel(state: _QueueState, slots: Sequence[Slot], start: StartFunctio
                     return
                 index, item = found
                 state._say(f"{state.head(index, item)} [{slot.label}]")
+                state.in_flight.append(item.label)
             prefix = f"[{item.label}] "
             printer = epoch_printer(lambda message: state.say(prefix + message.strip()), item.metric)
             started = now()
@@ -256,6 +275,7 @@ def _run_parallel(state: _QueueState, slots: Sequence[Slot], start: StartFunctio
             if interrupted.is_set():
                 return  # killed by the interrupt: not a result, the next call redoes it
             with state.lock:
+                state.in_flight.remove(item.label)
                 if state.finish(index, item, result, started) and not aborted:
                     aborted.append(index)
                     stop.set()

@@ -31,8 +31,8 @@ import threading
 import time
 from typing import List, Optional, Sequence, Union
 
-from ..errors import ConfigError, RunsAbortedError
-from .compare import _ensure_dataset, _prepare_user_graph, user_path
+from ..errors import ConfigError, Interrupted, RunsAbortedError
+from .compare import _ensure_dataset, _prepare_user_graph, prepared_store, user_path
 from .mmrec_config import check_model, mmrec_src
 from .parallel import Slot, make_slots, run_threads
 from .plan import FIRST_SEED, RunSpec, canonical_json
@@ -279,7 +279,7 @@ def tune(mmrec_dir: PathLike, dataset: str, model: str, trials: int, *, epochs: 
                                 load_if_exists=True)
     _check_settings(study, {"dataset": dataset, "model": model, "epochs": epochs, "seed": seed, "metric": metric,
                             "space": space.signature(), "overrides": list(overrides)}, name, storage_label)
-    store = RunStore(results_dir, dataset)
+    store = prepared_store(results_dir, dataset, progress)
     with store.run_lock("setup"):  # workers starting together write the dataset YAML / user graph once
         folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
                                         results_root, write_yaml=True, progress=say)
@@ -326,6 +326,12 @@ def _optimize(study, objective: _Objective, trials: int, done_states, slots: Seq
         objective.interrupted.set()
         slots[0].running.kill_all()
 
-    run_threads([work], interrupt, "tune-optimize")
+    try:
+        run_threads([work], interrupt, "tune-optimize")
+    except KeyboardInterrupt:
+        done = len(study.get_trials(deepcopy=False, states=done_states))
+        raise Interrupted(
+            f"the trials in flight were stopped and not recorded (their values are queued again); {done} of {trials} "
+            f"trials of study '{study.study_name}' are done; rerun the same command to go on.") from None
     if errors:
         raise errors[0]

@@ -8,13 +8,13 @@ appear only in ``compare``'s table, for the configuration validation chose.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..atomic import write_text
 from ..errors import ConfigError
 from .compare import user_path
 from .mmrec_config import grid_keys, merged_config
@@ -222,7 +222,5 @@ def write_summary(study, folder: Path, *, metric: str, storage: str, space=None,
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     path = folder / f"{stem}.md"
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text(path, "\n".join(lines), what="the tuning summary")
     return {"summary": path, **figures}

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .compare import _ensure_dataset, _git_commit, user_path
+from .compare import _ensure_dataset, _git_commit, prepared_store, user_path
 from .parallel import make_slots
 from .mmrec_config import check_model, mmrec_src
 from .plan import Plan, RunSpec, build_plan, parse_overrides, seed_list
 from .runqueue import Progress, QueuedRun, RunFunction, make_start, run_queue
 from .stats import ModelSummary, summarise
-from .store import RunStore
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -99,6 +98,7 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
     seed_values = seed_list(seeds)
     results_dir = user_path(results_dir)  # the runs start in MMRec's src/
     results_root = results_dir / dataset
+    store = prepared_store(results_dir, dataset, progress)
     _folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
                                      results_root, write_yaml=execute, progress=say)
     plans: Dict[str, Plan] = {}
@@ -115,7 +115,6 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
                 seen.add(spec.key)
                 queue.append((variant, spec))
 
-    store = RunStore(results_dir, dataset)
     with store.exclusive():
         latest = store.latest()
         total = len(queue)
