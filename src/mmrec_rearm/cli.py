@@ -2,12 +2,13 @@
 
     mmrec-rearm graphs DATASET_DIR [--inter FILE] [--feature NAME=FILE ...] [--set key=value ...]
                        [--export OUT_DIR] [--cache-dir DIR] [--no-cache]
+    mmrec-rearm graphs --mmrec MMREC_DIR -d DATASET [--set key=value ...] [--export OUT_DIR] ...
     mmrec-rearm cache ls DIR
     mmrec-rearm cache clear DIR [--key KEY]
-    mmrec-rearm install MMREC_DIR
-    mmrec-rearm uninstall MMREC_DIR
+    mmrec-rearm install --mmrec MMREC_DIR            (or: install MMREC_DIR; same for the next two)
+    mmrec-rearm uninstall --mmrec MMREC_DIR
     mmrec-rearm quickstart --mmrec MMREC_DIR [--epochs N]
-    mmrec-rearm compare | user-graph | convert-official-splits ...   (mmrec_rearm.experiments)
+    mmrec-rearm run | compare | user-graph | convert-official-splits ...   (mmrec_rearm.experiments)
 
 Errors raised on purpose by this package (``RearmError``) print ``error: <message>`` to stderr and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .errors import DatasetError, GraphParamError, RearmError
+from .errors import ConfigError, DatasetError, GraphParamError, InstallError, RearmError
 
 __all__ = ["main", "build_parser", "parse_value", "parse_params", "EXPORT_NAMES"]
 
@@ -111,12 +112,22 @@ def _progress(message: str) -> None:
     print(f"[mmrec-rearm] {message}", file=sys.stderr, flush=True)
 
 
-def _cmd_graphs(args: argparse.Namespace) -> int:
-    from .cache import load_or_build, resolve_cache_dir
+def _graph_inputs(args: argparse.Namespace):
+    """(data, graph parameters, cache_dir default, where the data came from) for ``graphs``."""
     from .data import read_dataset
-    from .graphs import GraphParams, HomogeneousGraphs
+    from .graphs import GraphParams
 
-    folder = Path(args.dataset_dir)
+    if args.mmrec or args.dataset:
+        if not (args.mmrec and args.dataset) or args.dataset_dir or args.inter or args.feature:
+            raise ConfigError("graphs: give --mmrec DIR -d DATASET (files, modalities and settings then come "
+                              "from the checkout's YAML files, as in training), or a DATASET_DIR with --inter / "
+                              "--feature / --set graph parameters; not both.")
+        from .experiments.training_graphs import training_graph_inputs
+
+        found = training_graph_inputs(args.mmrec, args.dataset, args.set or [])
+        return found.data, found.params, found.cache_dir, f"as REARM trains on it (read {', '.join(found.sources)})"
+    if not args.dataset_dir:
+        raise ConfigError("graphs: give a DATASET_DIR, or --mmrec DIR -d DATASET for a dataset of an MMRec checkout.")
     features = None
     if args.feature:
         features = {}
@@ -125,21 +136,27 @@ def _cmd_graphs(args: argparse.Namespace) -> int:
                 raise DatasetError(f"--feature: modality '{name}' given twice; name each modality once.")
             features[name] = file
     params = GraphParams.from_mapping(parse_params(_pairs(args.set, "--set", GraphParamError), GraphParams))
-    export_dir = _export_dir(Path(args.export)) if args.export else None  # fail before the build
+    return read_dataset(Path(args.dataset_dir), inter_file=args.inter, features=features), params, None, ""
 
+
+def _cmd_graphs(args: argparse.Namespace) -> int:
+    from .cache import load_or_build, resolve_cache_dir
+    from .graphs import HomogeneousGraphs
+
+    export_dir = _export_dir(Path(args.export)) if args.export else None  # fail before the build
     t0 = time.perf_counter()
-    data = read_dataset(folder, inter_file=args.inter, features=features)
+    data, params, configured_cache, origin = _graph_inputs(args)
     dims = ",".join(f"{name}:{arr.shape[1]}" for name, arr in data.features.items())
-    print(f"dataset {folder.resolve()}  users={data.n_users} items={data.n_items} "
-          f"train={data.interactions.nnz} modalities={dims}")
+    print(f"dataset {Path(data.source['inter']).parent}  users={data.n_users} items={data.n_items} "
+          f"train={data.interactions.nnz} modalities={dims}" + (f"  {origin}" if origin else ""))
     _progress(f"read dataset in {time.perf_counter() - t0:.2f} s")
 
-    cache_dir = False if args.no_cache else args.cache_dir
+    cache_dir = False if args.no_cache else (args.cache_dir if args.cache_dir is not None else configured_cache)
     t1 = time.perf_counter()
     graphs, hit = load_or_build(data, params, cache_dir=cache_dir, progress=_progress)
     total = time.perf_counter() - t1
-    status = "off" if args.no_cache else ("hit" if hit else "miss")
-    where = "disabled" if args.no_cache else str(resolve_cache_dir(data, args.cache_dir))
+    status = "off" if cache_dir is False else ("hit" if hit else "miss")
+    where = "disabled" if cache_dir is False else str(resolve_cache_dir(data, cache_dir))
 
     print(f"cache {where}")
     print(f"{'graph':<18} {'nodes':>8} {'edges':>10} {'seconds':>9} cache")
@@ -193,21 +210,38 @@ def _installer(name: str) -> Callable:
     return getattr(install, name)
 
 
+def _checkout(args: argparse.Namespace, command: str) -> str:
+    """The MMRec checkout of an installer command: ``--mmrec DIR`` or the positional form."""
+    given = [value for value in (args.mmrec, args.mmrec_dir) if value]
+    if not given:
+        raise InstallError(f"{command}: which MMRec checkout? Give the folder you cloned MMRec into with --mmrec DIR.")
+    roots = {p.parent if p.name == "src" and (p / "main.py").is_file() else p
+             for p in (Path(value).expanduser().resolve() for value in given)}
+    if len(roots) > 1:
+        raise InstallError(f"{command}: --mmrec {given[0]} and {given[1]} name two checkouts; give one.")
+    return given[0]
+
+
 # The installer reports each file / the final metrics itself, so these handlers print nothing.
 def _cmd_install(args: argparse.Namespace) -> int:
-    _installer("install")(args.mmrec_dir)
+    _installer("install")(_checkout(args, "install"))
     return 0
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
-    _installer("uninstall")(args.mmrec_dir)
+    _installer("uninstall")(_checkout(args, "uninstall"))
     return 0
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     kwargs = {} if args.epochs is None else {"epochs": args.epochs}
-    _installer("quickstart")(args.mmrec, **kwargs)
+    _installer("quickstart")(_checkout(args, "quickstart"), **kwargs)
     return 0
+
+
+def _add_checkout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mmrec_dir", metavar="MMREC_DIR", nargs="?", help="the MMRec checkout (same as --mmrec)")
+    parser.add_argument("--mmrec", metavar="DIR", help="the MMRec checkout (or its src folder)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,17 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     g = sub.add_parser("graphs", help="build (or load from the cache) the homogeneous graphs of a dataset",
-                       description="Read an MMRec dataset folder and build or load its homogeneous graphs.")
-    g.add_argument("dataset_dir", metavar="DATASET_DIR")
+                       description="Build or load the homogeneous graphs of a dataset: with --mmrec DIR -d DATASET "
+                                   "exactly those REARM trains with in that checkout (its YAML files, modalities "
+                                   "and cache folder), or those of any MMRec-format DATASET_DIR.")
+    g.add_argument("dataset_dir", metavar="DATASET_DIR", nargs="?", help="a dataset folder (without --mmrec)")
+    g.add_argument("--mmrec", metavar="DIR", help="MMRec checkout whose configuration REARM trains with")
+    g.add_argument("-d", "--dataset", help="dataset name in that checkout (with --mmrec)")
     g.add_argument("--inter", metavar="FILE", help="interaction file (default: <folder name>.inter)")
     g.add_argument("--feature", metavar="NAME=FILE", action="extend", nargs="+",
                    help="modality feature file, repeatable; given -> exactly these, in this order "
                         "(default: image=image_feat.npy text=text_feat.npy)")
     g.add_argument("--set", metavar="KEY=VALUE", action="extend", nargs="+",
-                   help="graph parameter, e.g. user_knn_k=25 or u_modal_weights=0.5,0.5")
+                   help="graph parameter, e.g. user_knn_k=25 or u_modal_weights=0.5,0.5; with --mmrec a REARM "
+                        "setting as run --set takes it (YAML value, e.g. modalities=first)")
     g.add_argument("--export", metavar="OUT_DIR", help="write each graph as OUT_DIR/<graph>.npz (CSR float32)")
-    g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: $MMREC_REARM_CACHE_DIR "
-                                                      "or DATASET_DIR/.rearm_cache)")
+    g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: REARM's rearm_cache_dir with "
+                                                      "--mmrec, else $MMREC_REARM_CACHE_DIR, else "
+                                                      "DATASET_DIR/.rearm_cache when writable)")
     g.add_argument("--no-cache", action="store_true", help="always build, never read or write the cache")
     g.set_defaults(handler=_cmd_graphs)
 
@@ -242,15 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=_cmd_cache)
 
     i = sub.add_parser("install", help="install REARM into an MMRec checkout")
-    i.add_argument("mmrec_dir", metavar="MMREC_DIR")
+    _add_checkout(i)
     i.set_defaults(handler=_cmd_install)
 
     u = sub.add_parser("uninstall", help="remove REARM from an MMRec checkout")
-    u.add_argument("mmrec_dir", metavar="MMREC_DIR")
+    _add_checkout(u)
     u.set_defaults(handler=_cmd_uninstall)
 
     q = sub.add_parser("quickstart", help="install, generate the demo dataset and train briefly")
-    q.add_argument("--mmrec", metavar="MMREC_DIR", required=True)
+    _add_checkout(q)
     q.add_argument("--epochs", type=int, default=None)
     q.set_defaults(handler=_cmd_quickstart)
 

@@ -98,6 +98,9 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     c.set_defaults(handler=run_convert)
 
     _add_extra_subcommands(subparsers)
+    from .run_command import add_run_subcommand
+
+    add_run_subcommand(subparsers)
 
 
 # ------------------------------------------------------------------------------------------------

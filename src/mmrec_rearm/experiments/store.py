@@ -10,6 +10,7 @@ last line wins: a failed run that is retried and succeeds is reported as ok.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import os
 import warnings
@@ -26,6 +27,20 @@ except ImportError:  # pragma: no cover - Windows
 PathLike = Union[str, "os.PathLike[str]"]
 STORE_NAME = "runs.jsonl"
 SCHEMA = 1
+
+
+def now() -> str:
+    """Local time with offset, to the second: the ``started`` / ``finished`` stamps of a record."""
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def run_record(result: dict, spec, dataset: str, valid_metric: str, started: str) -> dict:
+    """The store's record of one run: the runner's ``result`` plus what identifies the run
+    (``spec``: a :class:`~.plan.RunSpec`)."""
+    return {**result, "schema": SCHEMA, "key": spec.key, "config_id": spec.config_id, "dataset": dataset,
+            "model": spec.model, "config": spec.config, "seed": spec.seed, "epochs": spec.epochs,
+            "valid_metric": valid_metric, "status": result.get("status", "failed"), "started": started,
+            "finished": now()}
 
 
 class RunStore:

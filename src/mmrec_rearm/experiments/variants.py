@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .compare import Progress, QueuedRun, RunFunction, _ensure_dataset, _git_commit, run_queue, user_path
-from .launch import launch
+from .compare import Progress, QueuedRun, RunFunction, run_queue
+from .launch import launch_run
 from .mmrec_config import check_model, mmrec_src
 from .plan import Plan, RunSpec, build_plan, parse_overrides, seed_list
+from .prepare import ensure_dataset, git_commit, user_path
 from .stats import ModelSummary, summarise
 from .store import RunStore
 
@@ -96,8 +97,8 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
     seed_values = seed_list(seeds)
     results_dir = user_path(results_dir)  # the runs start in MMRec's src/
     results_root = results_dir / dataset
-    _folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
-                                     results_root, write_yaml=execute, progress=say)
+    _folder, extra = ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
+                                    results_root, write_yaml=execute, progress=say)
     plans: Dict[str, Plan] = {}
     for variant in variants:
         plans[variant.name] = build_plan(src, dataset, [model], seed_values, epochs,
@@ -124,7 +125,7 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
              for variant, spec in queue],
             dataset, store, latest, say, execute=execute, retry_failed=retry_failed,
             start=lambda spec, on_event: (
-                launch(spec, src, python, results_root / "logs", extra=extra, on_event=on_event, timeout_s=timeout_s)
+                launch_run(spec, src, python, results_root, extra=extra, on_event=on_event, timeout_s=timeout_s)
                 if run_fn is None else run_fn(spec, extra, on_event)))
 
     summaries: Dict[str, ModelSummary] = {}
@@ -132,7 +133,7 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
         plan = plans[variant.name]
         records = [latest[s.key] for s in plan.runs if s.key in latest]
         summaries[variant.name] = summarise(records, plan.valid_metric, [model])[model]
-    commit = _git_commit(src.parent)
+    commit = git_commit(src.parent)
     finished = sum(1 for _, s in queue if s.key in latest)
     settings = (f"MMRec checkout `{src.parent}`{f' at {commit}' if commit else ''}; model {model}; "
                 f"seeds {seed_values}; epochs {epochs if epochs is not None else 'from the YAML files'} "

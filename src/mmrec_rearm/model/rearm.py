@@ -25,7 +25,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DatasetError
 from ..host import BaseRecommender, config_value, dataset_folder
+from ..modalities import available_modalities, pick, require_features
 from . import layers as L
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
 from .presets import RearmSettings, describe, read_settings
@@ -205,7 +205,13 @@ class REARM(BaseRecommender):
     Settings: configs/model/REARM.yaml (validated by :func:`~mmrec_rearm.model.presets.read_settings`).
     """
 
+    #: Names of the terms :meth:`calculate_loss` returns (eq. 21, 12, 17, 22), for progress lines.
+    loss_names = ("bpr", "cl", "ort", "reg")
+
     def __init__(self, config: Any, dataloader: Any):
+        # before the host loads features: it would only assert "Features all NONE"
+        require_features(lambda key: config_value(config, key), dataset_folder(config),
+                         str(config_value(config, "dataset", "")))
         super().__init__(config, dataloader)
         get = lambda key, default=None: config_value(config, key, default)  # noqa: E731
         s: RearmSettings = read_settings(config, get)
@@ -282,43 +288,29 @@ class REARM(BaseRecommender):
                            s.reg_weight)
 
     def _modal_features(self, config: Any, s: RearmSettings) -> Tuple[List[str], List[torch.Tensor]]:
-        """Available modalities in slot order (vision slot, text slot, extra files), then the
-        ``modalities`` selection -> names and (n_items, d_m) float tensors."""
-        available: List[Tuple[str, torch.Tensor]] = []
-        for slot, key, fallback in ((self.v_feat, "vision_feature_file", "v_feat"),
-                                    (self.t_feat, "text_feature_file", "t_feat")):
-            if slot is not None:
-                available.append((Path(str(config_value(config, key, fallback))).stem, slot))
-        folder = dataset_folder(config)
-        for name in s.extra_feature_files:
-            path = name if os.path.isabs(name) else os.path.join(folder, name)
-            if not os.path.isfile(path):
-                raise DatasetError(f"{path}: extra feature file not found (extra_feature_files); "
-                                   "put the .npy file in the dataset folder or remove it from the list.")
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise DatasetError(f"{path}: cannot be read as a plain .npy array ({exc}).") from exc
-            available.append((Path(path).stem, torch.from_numpy(np.asarray(arr, dtype=np.float32))))
-        if not available:
-            raise DatasetError(
-                f"no item features in {folder}: neither vision_feature_file="
-                f"{config_value(config, 'vision_feature_file')!r} nor text_feature_file="
-                f"{config_value(config, 'text_feature_file')!r} exists there; REARM needs at least one.")
-        names = [n for n, _ in available]
-        if len(set(names)) != len(names):  # the fingerprint and logs need distinct names
-            names = [f"{n}#{i}" for i, n in enumerate(names)]
-        pick = {"all": list(range(len(available))), "first": [0], "second": [1]}.get(s.modalities, s.modalities)
-        bad = [i for i in pick if i >= len(available)]
-        if bad:
-            raise ConfigError(f"REARM config key 'modalities' = {s.modalities!r} asks for modality "
-                              f"{bad[0]}, but only {len(available)} are available: {names}.")
-        for i in pick:
-            if available[i][1].dim() != 2 or available[i][1].shape[0] != self.n_items:
-                raise DatasetError(f"feature '{names[i]}' has shape {tuple(available[i][1].shape)}, "
+        """The modalities :mod:`mmrec_rearm.modalities` lists (MMRec's two slots, then the extra
+        files), narrowed by the ``modalities`` key -> names and (n_items, d_m) float tensors. Slot
+        features are the host's tensors; extra files are read here."""
+        found = available_modalities(lambda key: config_value(config, key), dataset_folder(config))
+        slots = {"vision_feature_file": self.v_feat, "text_feature_file": self.t_feat}
+        names = [m.name for m in found]
+        chosen = []
+        for i in pick(s.modalities, names):
+            modality = found[i]
+            if modality.slot is not None:
+                values = slots[modality.slot]
+            else:
+                try:
+                    values = torch.from_numpy(np.asarray(np.load(modality.path, allow_pickle=False), dtype=np.float32))
+                except ValueError as exc:
+                    raise DatasetError(f"{modality.path}: cannot be read as a plain .npy array ({exc}).") from exc
+            if values is None or values.dim() != 2 or values.shape[0] != self.n_items:
+                shape = None if values is None else tuple(values.shape)
+                raise DatasetError(f"feature '{modality.name}' ({modality.path}) has shape {shape}, "
                                    f"expected (n_items={self.n_items}, d).")
-        logger.info("REARM modalities: %s", ", ".join(f"{names[i]} ({available[i][1].shape[1]}-d)" for i in pick))
-        return [names[i] for i in pick], [available[i][1].float() for i in pick]
+            chosen.append((modality.name, values.float()))
+        logger.info("REARM modalities: %s", ", ".join(f"{n} ({v.shape[1]}-d)" for n, v in chosen))
+        return [n for n, _ in chosen], [v for _, v in chosen]
 
     def _graphs(self, config: Any, s: RearmSettings, inter: sp.csr_matrix, names: Sequence[str],
                 feats: Sequence[torch.Tensor]):
@@ -447,6 +439,13 @@ class REARM(BaseRecommender):
 
     def pre_epoch_processing(self):
         self._epoch += 1
+
+    def resume_state(self) -> dict:
+        """Training progress outside the parameters: the epoch counter of the decay schedule."""
+        return {"epoch": self._epoch}
+
+    def load_resume_state(self, state: dict) -> None:
+        self._epoch = int(state["epoch"])
 
     def train(self, mode: bool = True):
         """``train(True)`` drops the evaluation cache (training changes the representations);
