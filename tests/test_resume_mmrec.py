@@ -66,6 +66,8 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(checkout,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "epoch   2/3 " in done.stdout
+    if model == "REARM":                                 # the epoch line names every loss term
+        assert " bpr " in done.stdout and " cl " in done.stdout and " ort " in done.stdout and " reg " in done.stdout
 
     # the same run, killed (SIGKILL to the command and its runner) once epoch 0's state is saved
     process = subprocess.Popen(_command(root, python, model, broken), env=_env(), stdout=subprocess.DEVNULL,

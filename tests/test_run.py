@@ -384,3 +384,52 @@ def test_rearm_without_features_fails_before_the_host_with_the_same_help(tmp_pat
     with pytest.raises(DatasetError, match="image_feat.npy and .*text_feat.npy not found") as caught:
         REARM(config, ArrayDataLoader([0, 1], [0, 1]))
     assert MMREC_DATA_URL in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# graphs --mmrec: exactly the graphs training uses
+
+
+def test_graphs_from_a_checkout_are_the_ones_rearm_trains_with(tmp_path, monkeypatch, capsys, caplog):
+    """A TikTok-like dataset whose second slot is audio: `graphs --mmrec -d` keeps both modalities
+    (the folder form without --feature looked for text_feat.npy and dropped the audio), and a REARM
+    built as MMRec builds it then reads exactly these graphs from the cache."""
+    import logging
+    import shutil
+
+    from mmrec_rearm.data import read_interactions
+    from mmrec_rearm.experiments.mmrec_config import merged_config
+    from mmrec_rearm.host import ArrayDataLoader
+    from mmrec_rearm.model.rearm import REARM
+    from mmrec_rearm.synth import make_demo_dataset
+    from conftest import REPO_ROOT
+
+    monkeypatch.delenv("MMREC_REARM_CACHE_DIR", raising=False)
+    root = make_fake_mmrec(tmp_path / "mmrec", {"A": MODEL_A}, dataset="tt")
+    src = root / "src"
+    shutil.copy(REPO_ROOT / "configs" / "model" / "REARM.yaml", src / "configs" / "model" / "REARM.yaml")
+    (src / "configs" / "dataset" / "tt.yaml").write_text(
+        "inter_file_name: 'tt.inter'\nvision_feature_file: 'image_feat.npy'\ntext_feature_file: 'audio_feat.npy'\n"
+        "user_knn_k: 5\nitem_knn_k: 3\n")
+    folder = root / "data" / "tt"
+    shutil.rmtree(folder)
+    made = make_demo_dataset(tmp_path / "made", name="tt", n_users=50, n_items=30, seed=2, image_dim=6, text_dim=4)
+    folder.mkdir()
+    for name, target in (("tt.inter", "tt.inter"), ("image_feat.npy", "image_feat.npy"), ("text_feat.npy", "audio_feat.npy")):
+        shutil.copy(made / name, folder / target)
+
+    assert cli.main(["graphs", "--mmrec", str(root), "-d", "tt"]) == 0
+    out = capsys.readouterr().out
+    assert "modalities=image_feat:6,audio_feat:4" in out and "(miss)" in out
+    assert str(folder / ".rearm_cache") in out
+
+    monkeypatch.chdir(src)          # where MMRec runs, and where REARM reads the dataset YAML
+    config = dict(merged_config(src, "REARM", "tt"), dataset="tt", data_path="../data/", device="cpu",
+                  train_batch_size=64)
+    rows = read_interactions(folder / "tt.inter")
+    train = rows.labels == 0
+    loader = ArrayDataLoader(rows.users[train], rows.items[train], int(rows.users.max()) + 1, int(rows.items.max()) + 1)
+    with caplog.at_level(logging.INFO):
+        model = REARM(config, loader)
+    assert model.modality_names == ("image_feat", "audio_feat")
+    assert "REARM graphs read from the cache" in caplog.text
