@@ -303,6 +303,10 @@ def test_compare_warns_about_a_model_at_the_cap(tmp_path):
     text = "\n".join(lines)
     assert "warning: A: best validation epoch at the epoch cap in 1 of 1 seed(s) (epoch 2 of 3)" in text
     assert "| A † |" in text
+    (spec,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "toy" / "logs").glob("*.json")
+               if not p.name.endswith(".result.json")]
+    assert spec["state_path"] == str(tmp_path / "res" / "toy" / "state" / f"{spec['run_key']}.pt")  # compare resumes too
+    assert spec["resume"] is True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,3 +437,19 @@ def test_graphs_from_a_checkout_are_the_ones_rearm_trains_with(tmp_path, monkeyp
         model = REARM(config, loader)
     assert model.modality_names == ("image_feat", "audio_feat")
     assert "REARM graphs read from the cache" in caplog.text
+
+
+def test_graphs_of_a_folder_name_the_feature_files_they_leave_out(tmp_path, capsys, monkeypatch):
+    from mmrec_rearm.synth import make_demo_dataset
+
+    monkeypatch.delenv("MMREC_REARM_CACHE_DIR", raising=False)
+    made = make_demo_dataset(tmp_path, name="tiktok", n_users=40, n_items=30, seed=3, image_dim=5, text_dim=3)
+    (made / "text_feat.npy").rename(made / "audio_feat.npy")
+    assert cli.main(["graphs", str(made), "--set", "user_knn_k=3", "item_knn_k=2"]) == 0
+    captured = capsys.readouterr()
+    assert "modalities=image:5\n" in captured.out                      # the default: image only
+    hint = captured.err.split("to include them: `", 1)[1].split("`", 1)[0]
+    done = subprocess.run(hint + " --set user_knn_k=3 item_knn_k=2", shell=True, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "modalities=image_feat:5,audio_feat:3" in done.stdout

@@ -136,7 +136,26 @@ def _graph_inputs(args: argparse.Namespace):
                 raise DatasetError(f"--feature: modality '{name}' given twice; name each modality once.")
             features[name] = file
     params = GraphParams.from_mapping(parse_params(_pairs(args.set, "--set", GraphParamError), GraphParams))
-    return read_dataset(Path(args.dataset_dir), inter_file=args.inter, features=features), params, None, ""
+    folder = Path(args.dataset_dir)
+    if features is None:
+        _note_other_features(folder)
+    return read_dataset(folder, inter_file=args.inter, features=features), params, None, ""
+
+
+def _note_other_features(folder: Path) -> None:
+    """Name the *_feat.npy files the default (image_feat + text_feat) leaves out, e.g. TikTok's
+    audio, with a command that includes them under the names training gives them."""
+    from .hints import command
+
+    defaults = ("image_feat.npy", "text_feat.npy")
+    others = sorted(p.name for p in folder.glob("*_feat.npy") if p.name not in defaults)
+    if not others:
+        return
+    files = [name for name in defaults if (folder / name).is_file()] + others
+    with_all = command("graphs", folder, "--feature", *(f"{Path(f).stem}={f}" for f in files))
+    _progress(f"note: {folder} also holds {', '.join(others)}, which the default modalities (image_feat.npy, "
+              f"text_feat.npy) leave out; to include them: `{with_all}`. With an MMRec checkout, --mmrec and -d "
+              "build exactly the graphs of its training runs (the files its dataset YAML names).")
 
 
 def _cmd_graphs(args: argparse.Namespace) -> int:

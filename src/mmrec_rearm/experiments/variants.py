@@ -25,7 +25,7 @@ from .launch import launch_run
 from .mmrec_config import check_model, mmrec_src
 from .plan import Plan, RunSpec, build_plan, parse_overrides, seed_list
 from .prepare import ensure_dataset, git_commit, user_path
-from .stats import ModelSummary, summarise
+from .stats import ModelSummary, capped_note, summarise
 from .store import RunStore
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -133,6 +133,9 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
         plan = plans[variant.name]
         records = [latest[s.key] for s in plan.runs if s.key in latest]
         summaries[variant.name] = summarise(records, plan.valid_metric, [model])[model]
+        note = capped_note(summaries[variant.name])
+        if note:
+            say(f"warning: {model} [{variant.label}]: {note}")
     commit = git_commit(src.parent)
     finished = sum(1 for _, s in queue if s.key in latest)
     settings = (f"MMRec checkout `{src.parent}`{f' at {commit}' if commit else ''}; model {model}; "
