@@ -46,6 +46,7 @@ from . import graphs as _graphs
 from .data import TrainingData
 from .errors import CacheCorruptError, CacheError
 from .graphs import GraphParams, HomogeneousGraphs
+from .hints import command
 
 try:  # POSIX only; without it the per-key lock is skipped (see docs/cache.md)
     import fcntl
@@ -456,7 +457,7 @@ class GraphCache:
         except lmdb.MapFullError:
             raise CacheError(
                 f"{self.path}: graph cache is full ({self.map_size} bytes reserved); clear it with "
-                f"`mmrec-rearm cache clear {self.directory}`.") from None
+                f"`{command('cache', 'clear', self.directory)}`.") from None
         except lmdb.Error as exc:
             raise CacheError(
                 f"{self.path}: graph cache unusable ({type(exc).__name__}: {exc}); check "

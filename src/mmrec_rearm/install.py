@@ -34,6 +34,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 from .atomic import write_bytes
 from .errors import InstallError
+from .hints import command
 from .ledger import LEDGER_NAME, Ledger, backup_name
 
 __all__ = [
@@ -385,5 +386,5 @@ def _legacy_hint(root: Path) -> str:
             continue
     if not found:
         return ""
-    return (f"; {', '.join(found)} carry the marker of an older mmrec-rearm: run `mmrec-rearm install` (it adopts "
-            "files identical to its own) and then uninstall, or delete them yourself")
+    return (f"; {', '.join(found)} carry the marker of an older mmrec-rearm: run `{command('install', '--mmrec', root)}` "
+            "(it adopts files identical to its own) and then uninstall, or delete them yourself")

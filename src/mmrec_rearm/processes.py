@@ -11,19 +11,23 @@ MMRec runs in a subprocess (``compare`` / ``ablate`` / ``sensitivity`` start one
   lives as long as the command (the main thread here): the kernel watches the thread.
 * **Ctrl-C stops the child promptly**: :func:`stop` sends ``SIGTERM`` and, after ``grace_s``,
   ``SIGKILL``. A child of the same terminal also gets the terminal's ``SIGINT`` itself.
+* **SIGTERM is an interrupt too** (:func:`sigterm_as_interrupt`): ``kill``, or a scheduler ending or
+  preempting a job, then stops the runs in flight like Ctrl-C instead of leaving them training.
 
 Only the standard library is used.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
 import sys
-from typing import Any, Callable, Optional, Sequence
+import threading
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-__all__ = ["start", "stop", "dies_with_parent_supported"]
+__all__ = ["start", "stop", "dies_with_parent_supported", "sigterm_as_interrupt"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -72,3 +76,22 @@ def stop(process: subprocess.Popen, grace_s: float = 5.0) -> Optional[int]:
         return process.wait()
     except OSError:  # already reaped
         return process.poll()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a scheduler ending or preempting a job) raises
+    KeyboardInterrupt like Ctrl-C, so the runs in flight are killed and left unrecorded instead of
+    training on as orphans. Only from the main thread (the one Python delivers signals to)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -23,6 +23,7 @@ from typing import Dict, List, Mapping, Optional, TextIO, Tuple, Union
 
 from . import processes
 from .errors import InstallError, Interrupted
+from .hints import command
 from .install import (MODEL_SHIMS, Report, check_placeable, data_root, find_checkout, marked, place_files,
                       planned_files)
 
@@ -228,7 +229,7 @@ def quickstart(
             raise Interrupted(
                 f"quickstart stopped the {model} training on {dataset} after {time.time() - started:.0f} s "
                 f"(nothing of it was kept). {model} stays installed in {root} and the demo dataset in {folder}; "
-                f"run the same command to train again, or `mmrec-rearm uninstall {root}` to remove both.") from None
+                f"run the same command to train again, or `{command('uninstall', '--mmrec', root)}` to remove both.") from None
         finally:
             if watchdog is not None:
                 watchdog.cancel()

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ..atomic import write_text
 from ..errors import ConfigError
-from .compare import Progress, RunFunction
+from .runqueue import Progress, RunFunction
 from .mmrec_config import merged_config, mmrec_src
 from .tables import failures_markdown, selection_markdown, variants_csv, variants_markdown
 from .variants import Variant, VariantRuns, run_variants

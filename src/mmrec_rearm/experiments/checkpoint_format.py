@@ -8,9 +8,14 @@ weights_only=True)`` accepts: tensors, and str / int / float / bool / None in di
 be rebuilt, so it is never loaded any other way.
 
 Fields of every payload: ``format`` (:data:`FORMAT`), ``version`` (:data:`VERSION`), ``kind`` (a key
-of :data:`FIELDS`). A kind lists the further fields it requires and their types; adding a kind (a
-training-state file saved every epoch, say) means adding one entry to :data:`FIELDS`. Version 1
-files have no ``kind`` (they are :data:`KIND_BEST`) and no ``data_fingerprint``.
+of :data:`FIELDS`). A kind lists the further fields it requires and their types; adding a kind means
+adding one entry to :data:`FIELDS`. Version 1 files have no ``kind`` (they are :data:`KIND_BEST`) and
+no ``data_fingerprint``. The kinds:
+
+* :data:`KIND_BEST`: the weights of a run's best validation epoch and what rebuilds the model
+  (written by :mod:`.runner_checkpoint`, read by :mod:`.checkpoints`);
+* :data:`KIND_STATE`: a run's whole training state after an epoch, from which an interrupted run
+  continues bit for bit (written and read by :mod:`.runner_state`).
 
 Only the standard library is imported: the runner, started by path inside MMRec's process without
 this package on ``sys.path``, loads this file directly.
@@ -25,6 +30,8 @@ FORMAT = "mmrec-rearm-checkpoint"
 VERSION = 2
 #: The weights of the best validation epoch of a run, with what is needed to rebuild the model.
 KIND_BEST = "best-validation"
+#: The training state of a run after an epoch (model, optimiser, scheduler, trainer, RNGs, loader order).
+KIND_STATE = "training-state"
 
 _INT = (int,)
 _NUMBER = (int, float)
@@ -43,6 +50,21 @@ FIELDS: Dict[str, Dict[str, Tuple[type, ...]]] = {
         "valid": (dict,),
         "test": (dict,),
         "state_dict": (dict,),
+    },
+    KIND_STATE: {
+        "run_key": (str,),
+        "config_digest": (str,),          # the run's settings (where it runs left out)
+        "data_signature": (str,),         # the training rows, order-free
+        "epoch": _INT,                    # the last finished epoch
+        "finished": (bool,),              # MMRec's loop had ended
+        "state_dict": (dict,),
+        "model_extra": (dict, _OPTIONAL),  # the model's resume_state(), if it has one
+        "optimizer": (dict,),
+        "lr_scheduler": (dict, _OPTIONAL),
+        "trainer": (dict,),               # early stopping counters and best results so far
+        "rng": (dict,),
+        "train_order": (dict,),
+        "recorder": (str,),               # the runner's per-epoch history, JSON text
     },
 }
 #: Fields a version-1 file carries (no kind, no fingerprint).
@@ -84,14 +106,15 @@ def problems(loaded: Any, expected_kind: Optional[str] = None) -> List[str]:
     if kind not in FIELDS:
         return [f"field 'kind' is {kind!r}, not one of {sorted(FIELDS)}"]
     if expected_kind is not None and kind != expected_kind:
-        return [f"a '{kind}' checkpoint where a '{expected_kind}' one is needed"]
+        return [f"field 'kind' is {kind!r} where a {expected_kind!r} file is needed"]
     required = FIELDS[kind] if version >= 2 else {name: FIELDS[kind][name] for name in _V1_FIELDS}
     found = []
     missing = [name for name in required if name not in loaded]
     if missing:
         found.append(f"lacks field(s) {', '.join(missing)}")
     for name, types in required.items():
-        if name in loaded and (not isinstance(loaded[name], types) or isinstance(loaded[name], bool)):
+        if name in loaded and (not isinstance(loaded[name], types) or (isinstance(loaded[name], bool)
+                                                                         and bool not in types)):
             found.append(f"field '{name}' is a {type(loaded[name]).__name__}, expected {'/'.join(t.__name__ for t in types)}")
     fingerprint = loaded.get("data_fingerprint")
     if isinstance(fingerprint, str) and not _FINGERPRINT.fullmatch(fingerprint):

@@ -127,6 +127,9 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
 
     _add_extra_subcommands(subparsers)
     _add_tune_subcommand(subparsers)
+    from .run_command import add_run_subcommand
+
+    add_run_subcommand(subparsers)
 
 
 # ------------------------------------------------------------------------------------------------

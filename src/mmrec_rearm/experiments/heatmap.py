@@ -29,6 +29,7 @@ import numpy as np
 
 from ..atomic import check_writable, write_text
 from ..errors import CheckpointError, ConfigError
+from ..hints import command
 from .checkpoints import LoadedModel, Splits, rebuild_model, scores
 from .plots import new_figure, save_figure
 from .store import RunStore
@@ -165,7 +166,10 @@ def find_checkpoint_pair(results_dir: PathLike, dataset: str, seed: Optional[int
     only in ``ablation`` (``after`` vs ``before``; an absent key counts as ``none``): same
     configuration otherwise, seed and epochs. The smallest such seed unless ``seed`` is given."""
     found: Dict[Tuple[str, int, Any], Dict[str, Path]] = {}
+    checkout = "DIR"
     for record in RunStore(results_dir, dataset).latest().values():
+        if record.get("mmrec_log"):  # <checkout>/src/log/<file>: the checkout these runs used
+            checkout = str(Path(record["mmrec_log"]).parents[2])
         path = record.get("checkpoint")
         if record.get("status") != "ok" or record.get("model") != "REARM" or not path or not Path(path).is_file():
             continue
@@ -180,7 +184,8 @@ def find_checkpoint_pair(results_dir: PathLike, dataset: str, seed: Optional[int
         raise CheckpointError(
             f"{Path(results_dir) / dataset / 'runs.jsonl'}: no two REARM runs with checkpoints that differ only "
             f"in ablation {after} vs {before}{'' if seed is None else f' for seed {seed}'}; run "
-            f"`mmrec-rearm ablate --mmrec DIR -d {dataset} --variants full {before}` first, or pass both files.")
+            f"`{command('ablate', '--mmrec', checkout, '-d', dataset, '--variants', 'full', before, '--results', results_dir)}`"
+            " first, or pass both files.")
     group = pairs[0][1]
     return found[group][after], found[group][before]
 

@@ -1,104 +1,116 @@
-"""Progress of one MMRec run, read from MMRec's own log records: per-epoch events on stdout, the
-per-epoch history, and the final "best valid result" / "test result" lines of its log file.
+"""What a person sees while MMRec trains: the runner's events (:mod:`.runner_events`) as a
+progress bar inside each epoch and one line per epoch.
 
-Part of the runner (:mod:`.runner`), which runs inside MMRec's process: only the standard library is
-imported, and the runner loads this file by path.
+On a terminal the bar is redrawn in place (``\\r``) and replaced by the epoch's line when the
+epoch ends; when the output is not a terminal (a log file, CI, ``| tee``) there is no bar, only a
+plain line every :data:`PLAIN_EVERY_S` seconds of a long epoch. ``run``, ``compare`` (and every
+command built on :func:`~mmrec_rearm.experiments.launch.launch`) show the same lines::
+
+    epoch   3/30   12.4 s (train 11.2 + eval 1.2)  bpr 20.6931  cl 0.0012  ort 0.0003  reg 0.0000  valid recall@20 0.0412  best 0.0412 (epoch 3) *
+
+``*`` marks an epoch that improved the best validation score. No third-party progress library:
+the events come from another process, so a library's wrapping of an iterable buys nothing, and
+twenty lines do the drawing.
 """
 from __future__ import annotations
 
-import json
-import logging
-import math
-import re
 import sys
 import time
+from typing import Callable, Optional, TextIO
 
-PROGRESS_PREFIX = "@@mmrec-rearm "
-
-_EVAL_LINE = re.compile(r"epoch (\d+) evaluating \[time: ([0-9.]+)s, valid_score: ([-+0-9.eEnaif]+)\]")
-_TRAIN_LINE = re.compile(r"training \[time: ([0-9.]+)s")
-_LOSS_VALUE = re.compile(r"train(?:_| )loss\d*: ([-+0-9.eEnaif]+)")
-_NAN_LINE = re.compile(r"Loss is nan at epoch: (\d+)")
-_METRIC_PAIR = re.compile(r"([A-Za-z]+@\d+): ([-+0-9.eE]+)")
+#: Without a terminal, one plain progress line per this many seconds inside an epoch.
+PLAIN_EVERY_S = 30.0
+_BAR_WIDTH = 24
 
 
-def emit(event: dict) -> None:
-    """One progress line on stdout: :data:`PROGRESS_PREFIX` and the event as JSON."""
-    sys.stdout.write(PROGRESS_PREFIX + json.dumps(event, default=str) + "\n")
-    sys.stdout.flush()
+def _num(value, digits: int = 4) -> str:
+    """4 decimals; very small non-zero values (weighted loss terms) in scientific notation."""
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if value == 0 or abs(value) >= 10 ** -(digits - 1) else f"{value:.{digits - 1}e}"
 
 
-def _number(text: str):
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+def epoch_line(event: dict, indent: str = "") -> str:
+    """One ``epoch`` event as the line shown to the user (see the module doc)."""
+    epoch, cap = event.get("epoch"), event.get("epochs")
+    label = f"epoch {epoch:>3}" + (f"/{cap}" if cap else "")
+    train, evaluate = event.get("train_s"), event.get("eval_s")
+    total = (train or 0.0) + (evaluate or 0.0)
+    timing = f"{total:6.1f} s" + (f" (train {train:.1f} + eval {evaluate:.1f})" if train is not None and evaluate is not None
+                                  else "")
+    parts = [label, timing]
+    if event.get("nan"):
+        parts.append("loss is NaN: MMRec stops training here")
+    else:
+        parts += [f"{name} {_num(value)}" for name, value in (event.get("losses") or {}).items()]
+    if event.get("valid_score") is not None:
+        metric = event.get("valid_metric") or "valid"
+        parts.append(f"valid {metric} {_num(event['valid_score'])}")
+        parts.append(f"best {_num(event.get('best_score'))} (epoch {event.get('best_epoch')})"
+                     + (" *" if event.get("improved") else ""))
+    return indent + "  ".join(parts)
 
 
-class Watcher(logging.Handler):
-    """Turns MMRec's per-epoch log records into progress events and a history list."""
+class ProgressDisplay:
+    """Event handler: draws the bar and prints epoch lines through ``say`` (a line printer).
 
-    def __init__(self, started: float):
-        super().__init__(level=logging.INFO)
-        self.started = started
-        self.trainer = None
-        self.history = []
-        self.best_epoch = None
-        self.nan_epoch = None
-        self._loss = None
-        self._train_s = None
-        # seconds of the last _train_epoch as timed by the recording trainer: MMRec's log line has
-        # no time for models whose loss is a tuple (its formatter overwrites the time prefix)
-        self.timed_train_s = None
+    ``stream``: where the bar is drawn (default stdout). ``bar``: draw it (default: when ``say`` is
+    ``print`` and the stream is a terminal); without it a plain progress line is printed every
+    ``plain_every_s`` seconds of an epoch instead.
+    """
 
-    def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
-        try:
-            self._consume(record.getMessage())
-        except Exception:  # progress must never break a run
-            pass
+    def __init__(self, say: Callable[[str], None] = print, stream: Optional[TextIO] = None, *,
+                 indent: str = "", plain_every_s: float = PLAIN_EVERY_S, bar: Optional[bool] = None):
+        self.say, self.indent, self.plain_every_s = say, indent, plain_every_s
+        if bar is None:
+            bar = say is print and (stream or sys.stdout).isatty()
+        self.stream = (stream or sys.stdout) if bar else None
+        self._drawn = False
+        self._last_plain = None
 
-    def _consume(self, message: str) -> None:
-        train = _TRAIN_LINE.search(message)
-        losses = _LOSS_VALUE.findall(message)
-        if train or losses:
-            self._train_s = float(train.group(1)) if train else self.timed_train_s
-            values = [_number(v) for v in losses]
-            self._loss = sum(values) if values and None not in values else None
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "batch":
+            self._batch(event)
+        elif kind == "epoch":
+            self._clear()
+            self._last_plain = None
+            self.say(epoch_line(event, self.indent))
+        elif kind == "start":
+            if event.get("device"):
+                self.say(f"{self.indent}device {event['device']}, MMRec log {event.get('mmrec_log')}")
+            if event.get("resumed_from") is not None:
+                self.say(f"{self.indent}resuming after epoch {event['resumed_from']} from {event.get('state_path')}")
+        elif kind in ("state_ignored", "state_error", "checkpoint_error"):
+            self._clear()
+            self.say(f"{self.indent}note: {event.get('message')}")
+        elif kind == "end":
+            self._clear()
+
+    def _batch(self, event: dict) -> None:
+        done, total, seconds = event.get("batch") or 0, event.get("batches"), float(event.get("seconds") or 0.0)
+        head = f"{self.indent}epoch {event.get('epoch'):>3}"
+        if total:
+            left = seconds / done * (total - done) if done else 0.0
+            tail = f"{done}/{total} batches  {seconds:.1f} s, ~{left:.0f} s left"
+        else:
+            tail = f"{done} batches  {seconds:.1f} s"
+        if self.stream is not None:
+            filled = int(_BAR_WIDTH * done / total) if total else 0
+            bar = "[" + "#" * filled + "." * (_BAR_WIDTH - filled) + "]"
+            self.stream.write(f"\r{head} {bar} {tail}\033[K")
+            self.stream.flush()
+            self._drawn = True
             return
-        nan = _NAN_LINE.search(message)
-        if nan:
-            self.nan_epoch = int(nan.group(1))
-            return
-        found = _EVAL_LINE.search(message)
-        if not found:
-            return
-        epoch = int(found.group(1))
-        score = _number(found.group(3))
-        # MMRec's early_stopping has already run when this line is logged: cur_step is 0 exactly
-        # when this epoch became the best one.
-        if self.trainer is not None and getattr(self.trainer, "cur_step", None) == 0:
-            self.best_epoch = epoch
-        best = getattr(self.trainer, "best_valid_score", None)
-        entry = {"epoch": epoch, "loss": self._loss, "train_s": self._train_s,
-                 "eval_s": float(found.group(2)), "valid_score": score}
-        self.history.append(entry)
-        emit({"event": "epoch", **entry, "best_epoch": self.best_epoch,
-              "best_score": float(best) if best is not None and best != -1 else None,
-              "elapsed": round(time.time() - self.started, 2)})
+        now = time.monotonic()
+        if self._last_plain is None:
+            self._last_plain = now - seconds
+        if now - self._last_plain >= self.plain_every_s and (not total or done < total):
+            self._last_plain = now
+            self.say(f"{head}: {tail}")
 
-
-def parse_final_lines(text: str):
-    """(valid, test) metric dicts from the last "best valid result:" line of an MMRec log and the
-    first single-line "test result:" after it; (None, None) when absent. Values have 4 decimals."""
-    lines = text.splitlines()
-    for index in range(len(lines) - 1, -1, -1):
-        if "best valid result: " in lines[index]:
-            valid = dict((k, float(v)) for k, v in _METRIC_PAIR.findall(lines[index].split("best valid result: ", 1)[1]))
-            for later in lines[index + 1:]:
-                if "test result: " in later:
-                    pairs = _METRIC_PAIR.findall(later.split("test result: ", 1)[1])
-                    if pairs:
-                        return valid, dict((k, float(v)) for k, v in pairs)
-            return valid, None
-    return None, None
+    def _clear(self) -> None:
+        if self._drawn and self.stream is not None:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._drawn = False

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..atomic import check_writable, write_text
 from ..errors import ConfigError
-from .compare import Progress, RunFunction
+from .runqueue import Progress, RunFunction
 from .mmrec_config import merged_config, mmrec_src
 from .plan import RESERVED_KEYS
 from .plots import new_figure, save_figure

@@ -14,6 +14,7 @@ line number, is never counted, and its run is redone by the next comparison; it 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import math
 import os
@@ -44,8 +45,9 @@ OPTIONAL_FIELDS: Dict[str, Tuple[type, ...]] = {
     "epochs": (int, _NONE), "best_epoch": (int, _NONE), "wall_s": (int, float, _NONE),
     "checkpoint": (str, _NONE), "message": (str, _NONE), "host_fixes": (list, _NONE),
 }
-#: "pruned": a tuning trial its pruner stopped (kept for the pruner; the run is redone when needed).
-STATUSES = ("ok", "failed", "pruned")
+#: "pruned": a tuning trial its pruner stopped (kept for the pruner; the run is redone when needed);
+#: "stopped": a run its caller ended early (:class:`~.launch.StopRun`), redone like a failed one.
+STATUSES = ("ok", "failed", "pruned", "stopped")
 
 
 def record_problems(record: Any, dataset: Optional[str] = None) -> List[str]:
@@ -77,6 +79,20 @@ def record_problems(record: Any, dataset: Optional[str] = None) -> List[str]:
                     for v in metrics.values()):
                 found.append(f"field '{name}' holds something other than metric name -> number")
     return found
+
+
+def now() -> str:
+    """Local time with offset, to the second: the ``started`` / ``finished`` stamps of a record."""
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def run_record(result: dict, spec, dataset: str, valid_metric: str, started: str) -> dict:
+    """The store's record of one run: the runner's ``result`` plus what identifies the run
+    (``spec``: a :class:`~.plan.RunSpec`)."""
+    return {**result, "schema": SCHEMA, "key": spec.key, "config_id": spec.config_id, "dataset": dataset,
+            "model": spec.model, "config": spec.config, "seed": spec.seed, "epochs": spec.epochs,
+            "valid_metric": valid_metric, "status": result.get("status", "failed"), "started": started,
+            "finished": now()}
 
 
 class RunStore:

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DatasetError
 from ..host import BaseRecommender, config_value, dataset_folder
+from ..features import load_feature_file
+from ..modalities import check_feature_files, selected_modalities
 from . import layers as L
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
-from .modalities import check_feature_files, select_features
 from .raw_table import RawTable
 from .presets import RearmSettings, describe, read_settings
 
@@ -114,12 +115,16 @@ class REARM(BaseRecommender):
     Settings: configs/model/REARM.yaml (validated by :func:`~mmrec_rearm.model.presets.read_settings`).
     """
 
+    #: Names of the terms :meth:`calculate_loss` returns (eq. 21, 12, 17, 22), for progress lines.
+    loss_names = ("bpr", "cl", "ort", "reg")
+
     def __init__(self, config: Any, dataloader: Any):
         get = lambda key, default=None: config_value(config, key, default)  # noqa: E731
         s: RearmSettings = read_settings(config, get)
         # before the host's constructor, which loads the feature files itself (MMRec: with pickle
         # allowed, and a bare assertion when none exists)
-        check_feature_files(config, s.modalities, s.extra_feature_files)
+        check_feature_files(lambda key: config_value(config, key), dataset_folder(config), s.modalities,
+                            s.extra_feature_files, dataset=str(get("dataset", "")))
         super().__init__(config, dataloader)
         self.settings = s
         logger.info(describe(s.preset, s.dataset))
@@ -132,8 +137,7 @@ class REARM(BaseRecommender):
         if inter.shape != (self.n_users, self.n_items):
             raise DatasetError(f"interaction matrix has shape {inter.shape}, expected "
                                f"(n_users={self.n_users}, n_items={self.n_items})")
-        names, feats = select_features(config, s.modalities, s.extra_feature_files, self.v_feat, self.t_feat,
-                                       self.n_items)
+        names, feats = self._modal_features(config, s)
         logger.info("REARM modalities: %s", ", ".join(f"{n} ({f.shape[1]}-d)" for n, f in zip(names, feats)))
         self.modality_names: Tuple[str, ...] = tuple(names)
         n_mod = len(feats)
@@ -194,6 +198,27 @@ class REARM(BaseRecommender):
             logger.warning("REARM: weight_decay_mode is 'coupled' but MMRec's weight_decay is 0, so "
                            "the model is not regularised; set weight_decay (e.g. to reg_weight=%s).",
                            s.reg_weight)
+
+    def _modal_features(self, config: Any, s: RearmSettings) -> Tuple[List[str], List[torch.Tensor]]:
+        """The modalities :mod:`mmrec_rearm.modalities` selects -> names and (n_items, d_m) float
+        tensors: the host's ``v_feat`` / ``t_feat`` for slots 0 / 1, extra files loaded here."""
+        names, feats = [], []
+        for modality in selected_modalities(lambda key: config_value(config, key), dataset_folder(config),
+                                            s.modalities, s.extra_feature_files):
+            slot = modality.slot
+            if slot.index < 2:
+                tensor = (self.v_feat, self.t_feat)[slot.index]
+                if tensor is None:
+                    raise DatasetError(f"no item features in {dataset_folder(config)}: the host loaded nothing for "
+                                       f"{slot.key}={slot.name!r} (end2end on, or is_multimodal_model off?).")
+            else:
+                tensor = torch.from_numpy(load_feature_file(slot.label, modality.path, self.n_items))
+            if tensor.dim() != 2 or tensor.shape[0] != self.n_items:
+                raise DatasetError(f"{modality.path}: feature '{modality.name}' ({slot.key}) has shape "
+                                   f"{tuple(tensor.shape)}, expected (n_items={self.n_items}, d).")
+            names.append(modality.name)
+            feats.append(tensor.float())
+        return names, feats
 
     def _graphs(self, config: Any, s: RearmSettings, inter: sp.csr_matrix, names: Sequence[str],
                 feats: Sequence[torch.Tensor]):
@@ -326,6 +351,13 @@ class REARM(BaseRecommender):
 
     def pre_epoch_processing(self):
         self._epoch += 1
+
+    def resume_state(self) -> dict:
+        """Training progress outside the parameters: the epoch counter of the decay schedule."""
+        return {"epoch": self._epoch}
+
+    def load_resume_state(self, state: dict) -> None:
+        self._epoch = int(state["epoch"])
 
     def train(self, mode: bool = True):
         """``train(True)`` drops the evaluation cache (training changes the representations);
