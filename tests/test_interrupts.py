@@ -93,6 +93,7 @@ def start(tmp_path: Path, *argv: str) -> tuple:
 COMMANDS = {
     "compare": lambda root: ["compare", "--mmrec", str(root), "-d", "toy", "-m", "SLOW", "--target", ""],
     "quickstart": lambda root: ["quickstart", "--mmrec", str(root), "--epochs", "1"],
+    "run": lambda root: ["run", "--mmrec", str(root), "-d", "toy", "-m", "SLOW"],
 }
 
 
@@ -117,6 +118,8 @@ def test_ctrl_c_ends_the_command_and_its_training_promptly_in_one_line(tmp_path,
     assert last.startswith("interrupted: ") and "same command" in last
     if command_name == "compare":
         assert "0 of 1 are done and kept in" in last and "runs.jsonl" in last
+    elif command_name == "run":
+        assert "no epoch had finished" in last and "without --fresh" in last
     else:
         assert "stays installed" in last and "uninstall" in last
 
