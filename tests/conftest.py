@@ -10,6 +10,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# One OpenMP thread for the tests and every MMRec run they start (unless the caller sets it): no
+# result depends on it, and on a busy machine a multi-threaded torch op waits for its descheduled
+# threads (a 2-thread REARM epoch on a TikTok subset took 12x longer with the load at 8).
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 
 # --- official REARM clone (parity tests, tests/test_parity_official.py) -------------------------
 
