@@ -108,16 +108,27 @@ def test_baby_parameter_count_matches_the_measured_run():
     assert cm.parameter_counts(data, cm.ModelShape())["total"] == run["ours"]["parameters"]
 
 
+def _storages(t) -> list:
+    """The storages behind a tensor: its own, or those of a sparse tensor's index and value parts."""
+    if t.layout == torch.sparse_csr:
+        parts = (t.crow_indices(), t.col_indices(), t.values())
+    elif t.layout == torch.sparse_coo:
+        parts = (t._indices(), t._values())
+    else:
+        parts = (t,)
+    return [part.untyped_storage() for part in parts]
+
+
 def _saved_bytes(model, interaction) -> int:
-    """Bytes of the tensors autograd keeps for backward in one training step (parameters excluded)."""
-    owned = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    owned |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    """Bytes of the tensors autograd keeps for backward in one training step (parameters, frozen
+    tables and graphs, which the model owns anyway, excluded)."""
+    owned = {s.data_ptr() for t in list(model.parameters()) + list(model.buffers()) for s in _storages(t)}
     seen = {}
 
     def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in owned:
-            seen[storage.data_ptr()] = storage.nbytes()
+        for storage in _storages(t):
+            if storage.data_ptr() not in owned:
+                seen[storage.data_ptr()] = storage.nbytes()
         return t
 
     model.train()

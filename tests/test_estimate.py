@@ -51,8 +51,8 @@ def test_folder_report_counts_the_dataset_and_the_model(folder, capsys):
 
 def test_set_overrides_model_and_graph_keys(folder):
     base = estimate(folder=str(folder))
-    changed = estimate(folder=str(folder), overrides={"train_raw_features": False, "train_batch_size": 256,
-                                                      "uu_co_weight": 1.0, "embedding_size": 32})
+    changed = estimate(folder=str(folder), overrides=["train_raw_features=false", "train_batch_size=256",
+                                                      "uu_co_weight=1.0", "embedding_size=32"])
     assert changed["parameters"]["trainable"] < base["parameters"]["trainable"]
     assert changed["model"].batch_size == 256 and changed["model"].embedding_size == 32
     assert "user_interest" not in changed["graphs"] and "user_interest" in base["graphs"]

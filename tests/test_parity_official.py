@@ -20,14 +20,7 @@ docs/testing.md explains every check.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import importlib
-import os
-import sys
-import types
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,246 +30,14 @@ import scipy.sparse as sp
 torch = pytest.importorskip("torch")
 
 from mmrec_rearm.graphs import GraphParams, build_graphs  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TIKTOK_ENV = "REARM_TIKTOK_DATA"
-TIKTOK_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "tiktok"
-USER_WINDOW = (4200, 4800)
-SUBSET_NAME = "tiktok_parity"
+from official_harness import (  # noqa: E402
+    SCORED_USERS, SETTINGS, OfficialSide, Setting, Subset, _quiet_official, as_float64,
+    build_official, build_official_model, graph_as_csr, official_loss_terms, official_scores, our_config,
+    to_csr, training_batch, write_mmrec_features, write_official_dataset)
 
 VALUE_TOL = 1e-6   # graph values
 SIM_TIE_TOL = 1e-6  # similarities closer than this to the k-th one count as ties
 MODEL_TOL = 1e-5   # scores and loss terms
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """One official hyper-parameter set: graph parameters plus the model's own."""
-
-    name: str
-    graph: dict
-    model: dict
-
-
-BABY = Setting(
-    "baby",
-    graph=dict(user_knn_k=40, item_knn_k=10, u_mm_image_weight=0.2, i_mm_image_weight=0.0,
-               uu_co_weight=0.4, ii_co_weight=0.2),
-    model=dict(n_layers=4, rank=3, s_drop=0.4, m_drop=0.6, n_ii_layers=1, n_uu_layers=1,
-               cl_tmp=0.6, reg_weight=5e-4),
-)
-SPORTS = Setting(
-    "sports",
-    graph=dict(user_knn_k=25, item_knn_k=5, u_mm_image_weight=0.0, i_mm_image_weight=0.2,
-               uu_co_weight=0.9, ii_co_weight=0.2),
-    model=dict(n_layers=5, rank=7, s_drop=1.0, m_drop=0.2, n_ii_layers=2, n_uu_layers=2,
-               cl_tmp=1.5, reg_weight=0.05),
-)
-SETTINGS = (BABY, SPORTS)
-
-
-# --------------------------------------------------------------------------------------------
-# official code, imported in isolation
-# --------------------------------------------------------------------------------------------
-
-_CLASHING_TOP_LEVEL = ("utils", "model", "trainer")
-# attribute names of the official model's fused homogeneous graphs, assembled at run time: the
-# repository's name check rejects the official identifiers spelled out
-OFFICIAL_USER_GRAPH = "stre_" + "uu_graph"
-OFFICIAL_ITEM_GRAPH = "stre_" + "ii_graph"
-
-
-@contextlib.contextmanager
-def _isolated_sys_path(folder: Path):
-    """Make `folder` importable first while hiding (and afterwards restoring) any already
-    imported module that shares a top-level name with the official code's modules."""
-
-    def clashing(name: str) -> bool:
-        return name.split(".")[0] in _CLASHING_TOP_LEVEL
-
-    saved = {name: mod for name, mod in sys.modules.items() if clashing(name)}
-    for name in saved:
-        del sys.modules[name]
-    sys.path.insert(0, str(folder))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(folder))
-        for name in [name for name in sys.modules if clashing(name)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-
-
-def import_official(folder: Path) -> types.SimpleNamespace:
-    """The official `utils.helper`, `utils.data_loader` and `model` modules as attributes.
-
-    They stay usable after the import context closes (functions keep their globals) but are
-    not left in sys.modules under their generic names."""
-    with _isolated_sys_path(folder), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return types.SimpleNamespace(
-                helper=importlib.import_module("utils.helper"),
-                data_loader=importlib.import_module("utils.data_loader"),
-                model=importlib.import_module("model"),
-            )
-        except ImportError as exc:  # e.g. tqdm / matplotlib missing from the environment
-            pytest.skip(f"PARITY TESTS SKIPPED: the official code at {folder} does not import "
-                        f"({exc}); see docs/testing.md")
-
-
-@contextlib.contextmanager
-def _quiet_official(seed: int = 0):
-    """Run official code with its deprecation warnings silenced and numpy's global random
-    state seeded (its neighbour padding draws from it) and restored afterwards."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        np.random.set_state(state)
-
-
-def to_csr(tensor) -> sp.csr_matrix:
-    """A torch sparse (or dense) 2-d tensor as float64 CSR with duplicate entries summed."""
-    if tensor.layout != torch.strided:
-        tensor = tensor.coalesce()
-        rows, cols = tensor.indices().numpy()
-        values = tensor.values().double().numpy()
-        return sp.csr_matrix((values, (rows, cols)), shape=tuple(tensor.shape))
-    return sp.csr_matrix(tensor.double().numpy())
-
-
-def to_torch_sparse(matrix: sp.spmatrix):
-    """float32 torch sparse COO (the official model's graph format); .double() for float64."""
-    coo = sp.coo_matrix(matrix, dtype=np.float32)
-    indices = torch.from_numpy(np.vstack((coo.row, coo.col)).astype(np.int64))
-    return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape).coalesce()
-
-
-# --------------------------------------------------------------------------------------------
-# the TikTok subset, written once for both sides
-# --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Subset:
-    users: np.ndarray        # (n,) re-indexed user ids, every split
-    items: np.ndarray        # (n,) re-indexed item ids
-    split: np.ndarray        # (n,) 0 train / 1 valid / 2 test
-    features: dict           # "image" / "audio" -> (n_items, 128) float32
-    n_users: int
-    n_items: int
-
-    @property
-    def train(self) -> sp.csr_matrix:
-        keep = self.split == 0
-        matrix = sp.csr_matrix((np.ones(keep.sum(), dtype=np.float32),
-                                (self.users[keep], self.items[keep])),
-                               shape=(self.n_users, self.n_items))
-        matrix.sum_duplicates()
-        matrix.data[:] = 1.0
-        return matrix
-
-    @property
-    def users_without_training(self) -> np.ndarray:
-        return np.flatnonzero(np.diff(self.train.indptr) == 0)
-
-
-def read_subset(folder: Path) -> Subset:
-    table = np.loadtxt(folder / "tiktok.inter", dtype=np.int64, delimiter="\t", skiprows=1,
-                       usecols=(0, 1, 4))
-    low, high = USER_WINDOW
-    table = table[(table[:, 0] >= low) & (table[:, 0] < high)]
-    item_ids, items = np.unique(table[:, 1], return_inverse=True)
-    features = {name: np.load(folder / f"{name}_feat.npy")[item_ids].astype(np.float32)
-                for name in ("image", "audio")}
-    return Subset(users=table[:, 0] - low, items=items, split=table[:, 2], features=features,
-                  n_users=high - low, n_items=len(item_ids))
-
-
-def write_official_dataset(subset: Subset, root: Path) -> None:
-    """The official loader's layout: data/<name>/{train,valid,test}.npy as (2, n) user/item rows,
-    image_feat.npy and text_feat.npy (its second modality; here TikTok's audio)."""
-    folder = root / "data" / SUBSET_NAME
-    folder.mkdir(parents=True)
-    for code, name in enumerate(("train", "valid", "test")):
-        keep = subset.split == code
-        np.save(folder / f"{name}.npy", np.vstack((subset.users[keep], subset.items[keep])))
-    np.save(folder / "image_feat.npy", subset.features["image"])
-    np.save(folder / "text_feat.npy", subset.features["audio"])
-
-
-# --------------------------------------------------------------------------------------------
-# building both sides
-# --------------------------------------------------------------------------------------------
-
-def official_config(setting: Setting, **overrides) -> types.SimpleNamespace:
-    """The attribute bag the official dataset and model read (official defaults elsewhere)."""
-    graph = setting.graph
-    values = dict(
-        device=torch.device("cpu"), dataset=SUBSET_NAME, embedding_dim=64,
-        user_knn_k=graph["user_knn_k"], item_knn_k=graph["item_knn_k"],
-        num_user_co=graph["user_knn_k"], num_item_co=graph["item_knn_k"],
-        u_mm_image_weight=graph["u_mm_image_weight"], i_mm_image_weight=graph["i_mm_image_weight"],
-        uu_co_weight=graph["uu_co_weight"], ii_co_weight=graph["ii_co_weight"],
-        user_aggr_mode="softmax", cl_loss_weight=1.0, diff_loss_weight=1.0, **setting.model,
-    )
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
-
-
-@dataclasses.dataclass
-class OfficialSide:
-    dataset: object              # the official Load_dataset instance
-    graphs: dict                 # name -> float64 CSR of the official graphs
-    user_counts: np.ndarray      # (n_users, n_users) co-occurrence counts
-    item_counts: np.ndarray      # (n_items, n_items)
-    user_popularity: np.ndarray  # (n_users,) what the fallback ranks by; -inf: never picked
-    item_popularity: np.ndarray
-
-
-def build_official(official, setting: Setting, workdir: Path) -> OfficialSide:
-    """The official graphs: `Load_dataset` (cwd = workdir, where data/ lives; it caches the
-    co-occurrence matrices there as .pt, so they are built once for both settings), then the
-    co-occurrence sampling and the homogeneous mixture exactly as `REARM.__init__` does them."""
-    config = official_config(setting)
-    helper = official.helper
-    cpu = config.device
-    with pytest.MonkeyPatch.context() as patch, _quiet_official():
-        patch.chdir(workdir)
-        # an opt-in switch some patched clones carry (zero interest instead of 0/0 = NaN for users
-        # without training items); the tests want the unpatched behaviour
-        patch.delenv("REARM_OFFICIAL_ZERO_EMPTY_USERS", raising=False)
-        dataset = official.data_loader.Load_dataset(config)
-        user_co = helper.topk_sample(dataset.n_users, dataset.dict_user_co_occ_graph, config.num_user_co,
-                                     dataset.topK_users, dataset.topK_users_counts, "softmax", cpu)
-        item_co = helper.topk_sample(dataset.n_items, dataset.dict_item_co_occ_graph, config.num_item_co,
-                                     dataset.topK_items, dataset.topK_items_counts, "softmax", cpu)
-        graphs = {
-            "user_cooccurrence": to_csr(user_co),
-            "item_cooccurrence": to_csr(item_co),
-            "user_interest": to_csr(dataset.u_mm_adj),
-            "item_semantic": to_csr(dataset.i_mm_adj),
-            "user_homogeneous": to_csr(config.uu_co_weight * user_co + (1.0 - config.uu_co_weight) * dataset.u_mm_adj),
-            "item_homogeneous": to_csr(config.ii_co_weight * item_co + (1.0 - config.ii_co_weight) * dataset.i_mm_adj),
-            "item_semantic/image": to_csr(helper.get_knn_adj_mat(dataset.i_v_feat, config.item_knn_k, cpu)),
-            "item_semantic/audio": to_csr(helper.get_knn_adj_mat(dataset.i_t_feat, config.item_knn_k, cpu)),
-        }
-    return OfficialSide(
-        dataset=dataset, graphs=graphs,
-        user_counts=dataset.user_co_occ_matrix.double().numpy(),
-        item_counts=dataset.item_co_occ_matrix.double().numpy(),
-        user_popularity=_popularity(dataset.topK_users, dataset.topK_users_counts, dataset.n_users),
-        item_popularity=_popularity(dataset.topK_items, dataset.topK_items_counts, dataset.n_items),
-    )
-
-
-def _popularity(nodes, counts, n: int) -> np.ndarray:
-    popularity = np.full(n, -np.inf)
-    popularity[np.asarray(nodes, dtype=np.int64)] = counts
-    return popularity
 
 
 def official_user_knn_on_trained_users(official, side: OfficialSide, setting: Setting) -> dict:
@@ -331,18 +92,8 @@ def build_ours(subset: Subset, setting: Setting) -> dict:
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def official(official_src):
-    return import_official(official_src)
-
-
-@pytest.fixture(scope="module")
-def subset() -> Subset:
-    configured = os.environ.get(TIKTOK_ENV)
-    folder = Path(configured) if configured else TIKTOK_DEFAULT
-    if not (folder / "tiktok.inter").is_file():
-        pytest.skip(f"PARITY TESTS SKIPPED: TikTok data not found at {folder}; set {TIKTOK_ENV} "
-                    "to a folder with tiktok.inter, image_feat.npy and audio_feat.npy")
-    return read_subset(folder)
+def subset(tiktok_subset) -> Subset:
+    return tiktok_subset
 
 
 @pytest.fixture(scope="module")
@@ -677,91 +428,6 @@ def test_homogeneous_graph_is_the_official_mixture_of_ours(side, co_key, ours, s
 
 # loss weights for the model comparison: distinct and not 1, so a missing or swapped factor
 # shows, and large enough that the terms are not below the tolerance (the official 5e-6 would be)
-LOSS_WEIGHTS = dict(cl_loss_weight=0.5, diff_loss_weight=2.0)
-BATCH_SIZE = 256
-SCORED_USERS = np.arange(0, USER_WINDOW[1] - USER_WINDOW[0], 3)  # includes user 171 (no training items)
-
-
-def perturb_parameters(model, seed: int = 7) -> None:
-    """Move every parameter off its initial value (biases 0, LayerNorm 1/0, PReLU 0.25) so that
-    a key mapped to the wrong tensor changes the result; NaN starting values (official user
-    preferences of users without training items) become finite."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, parameter in sorted(model.named_parameters()):
-            noise = torch.randn(parameter.shape, generator=generator)
-            parameter.copy_(torch.nan_to_num(parameter, nan=0.0) + 0.05 * noise)
-
-
-def build_official_model(official, setting: Setting, side: OfficialSide, graphs: dict, workdir: Path):
-    """The official REARM on the official dataset, then given OUR homogeneous graphs (its own
-    co-occurrence rows are padded at random, which no seed of ours reproduces), perturbed
-    weights, in eval mode (attention dropout off)."""
-    if not hasattr(sp.dok_matrix, "_update"):
-        pytest.skip("PARITY MODEL TESTS SKIPPED: the official get_norm_adj_mat needs "
-                    "scipy.sparse.dok_matrix._update (scipy < 1.12); run them in the MMRec host "
-                    "environment (docs/testing.md)")
-    config = official_config(setting, **LOSS_WEIGHTS)
-    with pytest.MonkeyPatch.context() as patch, _quiet_official(), torch.random.fork_rng():
-        patch.chdir(workdir)
-        torch.manual_seed(0)  # its initialisation draws from torch's global generator
-        model = official.model.REARM(config, side.dataset)
-    setattr(model, OFFICIAL_USER_GRAPH, to_torch_sparse(graphs["user_homogeneous"]))
-    setattr(model, OFFICIAL_ITEM_GRAPH, to_torch_sparse(graphs["item_homogeneous"]))
-    perturb_parameters(model)
-    return model.eval()
-
-
-def training_batch(subset: Subset, size: int = BATCH_SIZE, seed: int = 3):
-    """(users, positives, negatives), each (size,) int64: training pairs and, per pair, an item
-    the user has in no split (the official sampler's rule)."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(np.flatnonzero(subset.split == 0), size=size, replace=False)
-    users, positives = subset.users[pick], subset.items[pick]
-    negatives = np.empty_like(users)
-    for n, user in enumerate(users):
-        seen = set(subset.items[subset.users == user].tolist())
-        negatives[n] = rng.choice([i for i in range(subset.n_items) if i not in seen])
-    return (torch.from_numpy(users), torch.from_numpy(positives), torch.from_numpy(negatives))
-
-
-def official_loss_terms(model, batch, n_users: int) -> dict:
-    """The official loss terms for (users, positives, negatives); its items are offset by n_users
-    and come as (B, 2) [user, user] / [positive, negative] pairs."""
-    users, positives, negatives = batch
-    with torch.no_grad():
-        _, bpr, _, contrastive, orthogonal = model.loss(
-            torch.stack((users, users), dim=1), torch.stack((positives, negatives), dim=1) + n_users)
-    return {"bpr": float(bpr), "contrastive": float(contrastive), "orthogonal": float(orthogonal)}
-
-
-def official_scores(model, users) -> np.ndarray:
-    with torch.no_grad():
-        return model.full_sort_predict([torch.as_tensor(users)]).double().numpy()
-
-
-def write_mmrec_features(subset: Subset, root: Path) -> None:
-    """Feature files where our model's host stand-in looks: <data_path><dataset>/<name>_feat.npy."""
-    folder = root / SUBSET_NAME
-    folder.mkdir(parents=True)
-    for name, values in subset.features.items():
-        np.save(folder / f"{name}_feat.npy", values)
-
-
-def our_config(setting: Setting, data_root: Path) -> dict:
-    """Our model's configuration for `setting` (our key names), CPU, no graph cache."""
-    model = setting.model
-    return dict(
-        dataset=SUBSET_NAME, data_path=f"{data_root}{os.sep}", device="cpu",
-        vision_feature_file="image_feat.npy", text_feature_file="audio_feat.npy",
-        embedding_size=64, n_layers=model["n_layers"], n_uu_layers=model["n_uu_layers"],
-        n_ii_layers=model["n_ii_layers"], rank=model["rank"], self_attn_dropout=model["s_drop"],
-        cross_attn_dropout=model["m_drop"], cl_temperature=model["cl_tmp"],
-        cl_loss_weight=LOSS_WEIGHTS["cl_loss_weight"], ort_loss_weight=LOSS_WEIGHTS["diff_loss_weight"],
-        reg_weight=model["reg_weight"], rearm_cache_dir=False, **setting.graph,
-    )
-
-
 @pytest.fixture(scope="module")
 def model_data_root(subset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rearm_ours_data")
@@ -781,13 +447,6 @@ def our_model(subset, setting, model_data_root):
         return REARM(our_config(setting, model_data_root), loader).eval()
 
 
-def graph_as_csr(graph) -> sp.csr_matrix:
-    """Our model's SparseGraph (torch sparse CSR) as float64 scipy CSR."""
-    matrix = graph.forward_matrix
-    return sp.csr_matrix((matrix.values().double().numpy(), matrix.col_indices().numpy(),
-                          matrix.crow_indices().numpy()), shape=tuple(matrix.shape))
-
-
 @pytest.fixture(scope="module")
 def model_pair(official, setting, official_side, official_workdir, our_model):
     """(official, ours): the official REARM on our model's graphs with perturbed weights, and our
@@ -805,26 +464,6 @@ def test_our_model_uses_the_graphs_checked_above(our_model, ours):
     for name, graph in (("user_homogeneous", our_model.user_graph), ("item_homogeneous", our_model.item_graph)):
         difference = (graph_as_csr(graph) - ours[name]).tocsr()
         assert not difference.nnz or np.abs(difference.data).max() <= VALUE_TOL, name
-
-
-def as_float64(pair):
-    """Deep copies of (official, ours) computing in float64, so that the comparison measures
-    the algorithms and not float32 rounding (scores reach ~60 after the official LayerNorm,
-    where one float32 ulp is 4e-6). The graphs are not modules, so they are converted by hand."""
-    theirs = copy.deepcopy(pair[0]).double()
-    for name in (OFFICIAL_USER_GRAPH, OFFICIAL_ITEM_GRAPH, "cal_bpr"):
-        setattr(theirs, name, getattr(theirs, name).double())
-    # the official normalised interaction graph carries a float32 epsilon (degree + 1e-7, one ulp
-    # at degree 1); test_interaction_graph_matches_official checks it, here both use ours
-    theirs.norm_adj = to_torch_sparse(graph_as_csr(pair[1].interaction_graph)).double()
-    graph_names = ("user_graph", "item_graph", "interaction_graph")
-    graphs = {name: getattr(pair[1], name) for name in graph_names}
-    # torch cannot deep-copy sparse CSR tensors: share the graphs in the copy, then replace them
-    ours = copy.deepcopy(pair[1], memo={id(g): g for g in graphs.values()}).double()
-    for name, graph in graphs.items():
-        if graph is not None:
-            setattr(ours, name, type(graph)(graph_as_csr(graph), "cpu", torch.float64))
-    return theirs, ours
 
 
 def test_interaction_graph_matches_official(model_pair):

@@ -46,6 +46,7 @@ from . import graphs as _graphs
 from .data import TrainingData
 from .errors import CacheCorruptError, CacheError
 from .graphs import GraphParams, HomogeneousGraphs
+from .hints import command
 
 try:  # POSIX only; without it the per-key lock is skipped (see docs/cache.md)
     import fcntl
@@ -59,6 +60,7 @@ __all__ = [
     "ENV_DIRNAME",
     "GraphCache",
     "fingerprint",
+    "data_fingerprint",
     "load_or_build",
     "resolve_cache_dir",
     "user_cache_dir",
@@ -142,17 +144,34 @@ def fingerprint(data: TrainingData, params: GraphParams) -> str:
     h = hashlib.sha256()
     _frame(h, "format", str(int(FORMAT_VERSION)).encode("ascii"))
     _frame(h, "builder_version", str(int(_graphs.BUILDER_VERSION)).encode("ascii"))
+    _hash_data(h, data)
+    _frame(h, "params", _params_json(params).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _hash_data(h: "hashlib._Hash", data: TrainingData, names: bool = True) -> None:
+    """Frame the data part of a key; ``names=False`` frames modalities by position instead of name."""
     _frame(h, "counts", f"{int(data.n_users)},{int(data.n_items)}".encode("ascii"))
     m = _canonical_csr(data.interactions)
     _frame_array(h, "train/indptr", m.indptr.astype("<i8", copy=False))
     _frame_array(h, "train/indices", m.indices.astype("<i8", copy=False))
     _frame_array(h, "train/values", m.data.astype("<f4", copy=False))
-    names = list(data.features)
-    _frame(h, "modalities", json.dumps(names).encode("utf-8"))
-    for name in names:
-        _frame(h, "modality", name.encode("utf-8"))
-        _frame_array(h, "features", np.asarray(data.features[name]))
-    _frame(h, "params", _params_json(params).encode("utf-8"))
+    labels = list(data.features) if names else [str(i) for i in range(len(data.features))]
+    _frame(h, "modalities", json.dumps(labels).encode("utf-8"))
+    for label, array in zip(labels, data.features.values()):
+        _frame(h, "modality", label.encode("utf-8"))
+        _frame_array(h, "features", np.asarray(array))
+
+
+def data_fingerprint(data: TrainingData) -> str:
+    """sha256 hex of the data alone: the part of :func:`fingerprint` that describes ``data`` (user
+    and item counts, the canonical training matrix, each modality's bytes in order), without the
+    graph parameters, the builder or the modality names (which come from file names). A checkpoint
+    stores it, so that the data it is used with can be checked to be the data it was trained on
+    (permuted ids change the training matrix, so the fingerprint)."""
+    h = hashlib.sha256()
+    _frame(h, "data-fingerprint", b"1")
+    _hash_data(h, data, names=False)
     return h.hexdigest()
 
 
@@ -419,7 +438,7 @@ class GraphCache:
         except lmdb.MapFullError:
             raise CacheError(
                 f"{self.path}: graph cache is full ({self.map_size} bytes reserved); clear it with "
-                f"`mmrec-rearm cache clear {self.directory}`.") from None
+                f"`{command('cache', 'clear', self.directory)}`.") from None
         except lmdb.Error as exc:
             raise CacheError(
                 f"{self.path}: graph cache unusable ({type(exc).__name__}: {exc}); check "

@@ -3,9 +3,10 @@
     mmrec-rearm estimate --mmrec MMREC_DIR -d DATASET [--set key=value ...] [--gpu-memory 24GB]
     mmrec-rearm estimate DATASET_DIR [--inter FILE] [--feature NAME=FILE ...] [--set ...] [--gpu-memory ...]
 
-With ``--mmrec`` the settings are the ones MMRec would use (overall, dataset and REARM YAML of the
-checkout, then REARM's presets); with a dataset folder, this package's REARM.yaml and MMRec's
-defaults (batch 2048). ``--set`` overrides any model or graph key. Only counts are read: the
+With ``--mmrec`` the settings and feature files are the ones a training run uses
+(:func:`~mmrec_rearm.experiments.training_graphs.training_settings`: MMRec's YAML merge, REARM's
+presets and modalities); with a dataset folder, this package's REARM.yaml over MMRec's defaults
+(batch 2048) and the feature files of ``graphs DATASET_DIR``. ``--set`` overrides any model or graph key. Only counts are read: the
 .inter file and the .npy headers (never the feature values). The numbers come from
 :mod:`mmrec_rearm.costmodel`. No torch and no MMRec are imported.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -24,9 +25,7 @@ from .errors import ConfigError, DatasetError
 __all__ = ["estimate", "format_report", "parse_size", "dataset_shape", "add_subcommand"]
 
 #: MMRec's own defaults (src/configs/overall.yaml) for a dataset folder without a checkout.
-_HOST_DEFAULTS = {"train_batch_size": 2048, "eval_batch_size": 4096, "learner": "adam",
-                  "inter_file_name": None, "vision_feature_file": "image_feat.npy",
-                  "text_feature_file": "text_feat.npy"}
+_HOST_DEFAULTS = {"train_batch_size": 2048, "eval_batch_size": 4096, "learner": "adam"}
 _OPTIMISER_STATES = {"adam": 2, "adamw": 2, "adagrad": 1, "rmsprop": 1, "sgd": 0}
 
 
@@ -39,21 +38,10 @@ def parse_size(text: str) -> float:
     return float(match.group(1)) * 1024.0 ** "kmgt".index(unit) * 1024.0
 
 
-def _npy_shape(path: Path) -> Tuple[int, ...]:
-    """The shape in an .npy file's header (the array itself is not read)."""
-    try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)(fh)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a readable .npy file ({exc}); save the features with np.save.") from exc
-    return tuple(int(s) for s in header[0])
-
-
 def dataset_shape(inter_path: Path, feature_paths: Sequence[Path]) -> cm.DatasetShape:
     """Counts of a dataset: ids and training degrees from the .inter file, widths from the .npy headers."""
     from .data import read_interactions
+    from .features import check_npy_file
 
     parsed = read_interactions(inter_path)
     if parsed.users.size == 0:
@@ -65,93 +53,80 @@ def dataset_shape(inter_path: Path, feature_paths: Sequence[Path]) -> cm.Dataset
     item_deg = np.bincount(pairs % n_items, minlength=n_items).astype(np.float64)
     widths = []
     for path in feature_paths:
-        shape = _npy_shape(path)
-        if len(shape) != 2 or shape[0] != n_items:
+        shape = check_npy_file(path, "feature file")
+        if shape[0] != n_items:
             raise DatasetError(f"{path}: features of shape {shape}, expected ({n_items}, d) "
                                f"(n_items = max itemID + 1 of {inter_path.name}).")
         widths.append(shape[1])
-    if not widths:
-        raise DatasetError(f"{inter_path.parent}: no feature file found; REARM needs at least one modality.")
     return cm.DatasetShape(n_users=n_users, n_items=n_items, n_train=int(pairs.size), widths=tuple(widths),
                            item_degree_sq=float(item_deg @ item_deg), user_degree_sq=float(user_deg @ user_deg),
                            n_rows=int(parsed.users.size))
 
 
-def _first(value: Any) -> Any:
-    """A grid value (list) -> its first entry, as MMRec's first run would use."""
-    return value[0] if isinstance(value, (list, tuple)) and value else value
+def _checkout_inputs(mmrec: str, dataset: Optional[str], overrides: Sequence[str]):
+    """(get, settings, dataset folder, .inter path, feature files) as a training run in the checkout sees them."""
+    from .experiments.training_graphs import training_settings
+
+    if not dataset:
+        raise ConfigError("estimate --mmrec needs -d DATASET (a dataset of that checkout).")
+    found = training_settings(mmrec, dataset, overrides)
+    folder = Path(found.folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: dataset folder of '{dataset}' not found; check -d and the checkout's data_path.")
+    return found.get, found.settings, folder, folder / found.inter, [Path(m.path) for m in found.modalities]
 
 
-def _settings(config: Mapping[str, Any], dataset_yaml: Mapping[str, Any]):
+def _folder_inputs(folder: str, inter: Optional[str], features: Optional[Mapping[str, str]],
+                   overrides: Sequence[str]):
+    """The same for a dataset folder: this package's REARM.yaml over MMRec's defaults, the files of
+    ``graphs DATASET_DIR`` (``--feature`` or image_feat.npy / text_feat.npy)."""
+    from .data import feature_paths
+    from .experiments.mmrec_config import load_yaml_file
+    from .experiments.training_graphs import parse_set_items
+    from .install import package_configs_dir
     from .model.presets import read_settings
 
-    def get(key, default=None):
+    where = Path(folder)
+    if not where.is_dir():
+        raise DatasetError(f"{where}: dataset folder not found; check the folder path.")
+    config = dict(_HOST_DEFAULTS)
+    config.update(load_yaml_file(package_configs_dir() / "model" / "REARM.yaml"))
+    config.update(parse_set_items(overrides))
+    config["dataset"] = where.name
+
+    def get(key: str, default: Any = None) -> Any:
         value = config.get(key)
-        if key not in ("u_modal_weights", "i_modal_weights", "learning_rate_scheduler", "extra_feature_files",
-                       "modalities"):
-            value = _first(value)
         return default if value is None else value
 
-    return read_settings(config, get, dataset_yaml=dataset_yaml), get
-
-
-def _feature_files(folder: Path, get, explicit: Optional[Mapping[str, str]], modalities) -> List[Path]:
-    if explicit:
-        paths = [Path(p) if Path(p).is_absolute() else folder / p for p in explicit.values()]
-    else:
-        paths = [folder / str(name) for name in (get("vision_feature_file"), get("text_feature_file")) if name]
-        paths = [p for p in paths if p.is_file()]
-        extra = get("extra_feature_files", None) or ()
-        paths += [Path(p) if Path(p).is_absolute() else folder / p for p in ([extra] if isinstance(extra, str) else extra)]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetError(f"{missing[0]}: feature file not found; check the feature file names.")
-    pick = {"all": list(range(len(paths))), "first": [0], "second": [1]}.get(modalities, modalities)
-    if any(i >= len(paths) for i in pick):
-        raise ConfigError(f"modalities={modalities!r} asks for more modalities than the {len(paths)} found.")
-    return [paths[i] for i in pick]
+    settings = read_settings(config, get, dataset_yaml={})
+    paths = list(feature_paths(where, features).values())
+    return get, settings, where, where / (inter or f"{where.name}.inter"), paths
 
 
 def estimate(*, mmrec: Optional[str] = None, dataset: Optional[str] = None, folder: Optional[str] = None,
              inter: Optional[str] = None, features: Optional[Mapping[str, str]] = None,
-             overrides: Optional[Mapping[str, Any]] = None, gpu_memory: Optional[float] = None) -> Dict[str, Any]:
-    """Everything ``mmrec-rearm estimate`` prints, as a dict (bytes and seconds)."""
+             overrides: Sequence[str] = (), gpu_memory: Optional[float] = None) -> Dict[str, Any]:
+    """Everything ``mmrec-rearm estimate`` prints, as a dict (bytes and seconds); ``overrides``:
+    ``KEY=VALUE`` items as ``--set`` gives them (YAML values)."""
     from .graphs import GraphParams
 
-    overrides = dict(overrides or {})
-    if mmrec is not None:
-        from .experiments.mmrec_config import dataset_folder, dataset_yaml_path, load_yaml_file, merged_config, mmrec_src
-
-        if not dataset:
-            raise ConfigError("estimate --mmrec needs -d DATASET (a dataset of that checkout).")
-        src = mmrec_src(mmrec)
-        config = merged_config(src, "REARM", dataset)
-        yaml_path = dataset_yaml_path(src, dataset)
-        dataset_yaml = load_yaml_file(yaml_path) if yaml_path.is_file() else {}
-        where = dataset_folder(src, config, dataset)
+    if mmrec is not None or dataset is not None:
+        if mmrec is None or folder or inter or features:
+            raise ConfigError("estimate: give --mmrec MMREC_DIR -d DATASET (files and settings then come from the "
+                              "checkout's YAML files, as in training), or a DATASET_DIR with --inter / --feature; "
+                              "not both.")
+        get, settings, where, inter_path, paths = _checkout_inputs(mmrec, dataset, overrides)
+    elif folder:
+        get, settings, where, inter_path, paths = _folder_inputs(folder, inter, features, overrides)
     else:
-        from .experiments.mmrec_config import load_yaml_file
-        from .install import package_configs_dir
-
-        if not folder:
-            raise ConfigError("estimate needs a dataset folder, or --mmrec DIR -d DATASET.")
-        where = Path(folder)
-        dataset = where.name
-        config = dict(_HOST_DEFAULTS)
-        config.update(load_yaml_file(package_configs_dir() / "model" / "REARM.yaml"))
-        dataset_yaml = {}
-    config = dict(config, dataset=dataset, **overrides)
-    settings, get = _settings(config, dataset_yaml)
-    if not where.is_dir():
-        raise DatasetError(f"{where}: dataset folder not found; check -d / the folder path.")
-    inter_path = where / (inter or get("inter_file_name") or f"{dataset}.inter")
-    shape = dataset_shape(inter_path, _feature_files(where, get, features, settings.modalities))
+        raise ConfigError("estimate needs a dataset folder, or --mmrec MMREC_DIR -d DATASET.")
+    shape = dataset_shape(inter_path, paths)
     params = GraphParams.from_mapping(settings.graph)
     model = cm.ModelShape(
         embedding_size=settings.embedding_size, rank=settings.rank, use_meta=settings.use_meta,
         train_raw_features=settings.train_raw_features, attention=settings.attention,
-        contrastive=settings.cl_loss_weight > 0, batch_size=int(get("train_batch_size", 2048)),
-        eval_batch_size=int(get("eval_batch_size", 4096)),
+        contrastive=settings.cl_loss_weight > 0,
+        batch_size=int(get("train_batch_size", 2048)), eval_batch_size=int(get("eval_batch_size", 4096)),
         optimiser_states=_OPTIMISER_STATES.get(str(get("learner", "adam")).lower(), 2),
         user_knn_k=params.user_knn_k, item_knn_k=params.item_knn_k)
     result = {"dataset": str(where), "inter": str(inter_path), "shape": shape, "model": model, "params": params,
@@ -242,21 +217,13 @@ def format_report(r: Dict[str, Any]) -> str:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from .cli import parse_value
-
-    overrides = {}
-    for item in args.set or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE.")
-        overrides[key.strip()] = parse_value(value)
     features = None
     if args.feature:
-        features = dict(item.split("=", 1) for item in args.feature if "=" in item)
-    if args.mmrec is None and args.dataset_dir is None:
-        raise ConfigError("estimate needs a dataset folder, or --mmrec MMREC_DIR -d DATASET.")
+        from .cli import parse_pairs
+
+        features = dict(parse_pairs(args.feature, "--feature", DatasetError))
     result = estimate(mmrec=args.mmrec, dataset=args.dataset, folder=args.dataset_dir, inter=args.inter,
-                      features=features, overrides=overrides,
+                      features=features, overrides=args.set or (),
                       gpu_memory=parse_size(args.gpu_memory) if args.gpu_memory else None)
     print(format_report(result))
     return 0

@@ -1,5 +1,5 @@
 """Argument parsing for the experiment sub-commands (``compare``, ``user-graph``,
-``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``, ``recommend``); ``cli.py`` mounts them with
+``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``, ``recommend``, ``tune``); ``cli.py`` mounts them with
 :func:`add_subcommands`. Each handler takes the parsed namespace and returns an exit code (``compare``: 1 when a run
 of this invocation failed, else 0);
 errors of this package (:class:`~mmrec_rearm.errors.RearmError`) propagate to the caller.
@@ -21,8 +21,30 @@ def run_compare(args: argparse.Namespace) -> int:
                      overrides=args.set or [], results_dir=args.results, python=args.python,
                      data_dir=args.data_dir, target=args.target or None, execute=not args.dry_run,
                      retry_failed=not args.no_retry_failed, timeout_s=args.timeout,
-                     user_graph_k=args.user_graph_k)
+                     user_graph_k=args.user_graph_k, jobs=args.jobs, devices=args.devices,
+                     from_tune=_studies(args.from_tune), tune_storage=args.tune_storage)
     return 1 if report.failed else 0
+
+
+def _studies(items):
+    """``--from-tune`` [MODEL=STUDY ...] -> None (not given) or model -> study name."""
+    if items is None:
+        return None
+    out = {}
+    for item in items:
+        model, sep, study = item.partition("=")
+        if not sep or not model or not study:
+            raise ConfigError(f"--from-tune {item!r}: expected MODEL=STUDY (or --from-tune alone for the default "
+                              "study names DATASET.MODEL).")
+        out[model] = study
+    return out
+
+
+def _add_parallel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, metavar="K",
+                   help="runs at once on this machine, each with its share of the CPU threads (default 1; "
+                        "with --devices: one per device)")
+    p.add_argument("--devices", metavar="LIST", help="devices dealt to the parallel runs, e.g. cuda:0,cuda:1 or cpu")
 
 
 def run_user_graph(args: argparse.Namespace) -> int:
@@ -52,8 +74,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
-    """Add ``compare``, ``user-graph``, ``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``
-    and ``recommend``; each sets ``handler``
+    """Add ``compare``, ``user-graph``, ``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``,
+    ``recommend`` and ``tune``; each sets ``handler``
     (``handler(args) -> exit code``, the convention of :mod:`mmrec_rearm.cli`)."""
     p = subparsers.add_parser(
         "compare", help="run models side by side through MMRec; Table 2 with validation-only selection",
@@ -77,6 +99,12 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--timeout", type=float, help="seconds after which a run is killed and recorded as failed")
     p.add_argument("--user-graph-k", type=int, default=DEFAULT_NEIGHBOURS,
                    help="neighbours kept per user in user_graph_dict.npy (default 200, like MMRec's script)")
+    _add_parallel_options(p)
+    p.add_argument("--from-tune", nargs="*", metavar="MODEL=STUDY",
+                   help="run each model's best tuning trial instead of its MMRec grid (study DATASET.MODEL "
+                        "unless named)")
+    p.add_argument("--tune-storage", metavar="URL|FILE",
+                   help="Optuna storage of --from-tune (default RESULTS/DATASET/optuna.journal)")
     p.set_defaults(handler=run_compare)
 
     g = subparsers.add_parser("user-graph", help="write DRAGON/DualGNN's user_graph_dict.npy (sparse, seconds)")
@@ -98,6 +126,10 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     c.set_defaults(handler=run_convert)
 
     _add_extra_subcommands(subparsers)
+    _add_tune_subcommand(subparsers)
+    from .run_command import add_run_subcommand
+
+    add_run_subcommand(subparsers)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,7 +147,8 @@ def run_ablate(args: argparse.Namespace) -> int:
     report = ablate(args.mmrec, args.dataset, seeds=_seeds(args), epochs=args.epochs, overrides=args.set or [],
                     results_dir=args.results, python=args.python, parts=args.only or ("table3", "fig4"),
                     variants=args.variants, data_dir=args.data_dir, execute=not args.dry_run,
-                    retry_failed=not args.no_retry_failed, timeout_s=args.timeout)
+                    retry_failed=not args.no_retry_failed, timeout_s=args.timeout, jobs=args.jobs,
+                    devices=args.devices)
     return 1 if report.failed else 0
 
 
@@ -143,7 +176,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                          overrides=args.set or [], results_dir=args.results, python=args.python,
                          data_dirs=_data_dirs(args.data_dir, args.dataset), metric=args.metric,
                          plot=not args.no_plot, execute=not args.dry_run, retry_failed=not args.no_retry_failed,
-                         timeout_s=args.timeout)
+                         timeout_s=args.timeout, jobs=args.jobs, devices=args.devices)
     return 1 if report.failed else 0
 
 
@@ -162,7 +195,8 @@ def run_heatmap(args: argparse.Namespace) -> int:
         raise ConfigError("heatmap: give both --after FILE and --before FILE, or -d DATASET to take them from "
                           "the results store.")
     result = heatmap(after, before, out, users=args.users, items=args.items, n_users=args.n_users,
-                     n_items=args.n_items, seed=args.sample_seed, data_dir=args.data_dir, plot=not args.no_plot)
+                     n_items=args.n_items, seed=args.sample_seed, data_dir=args.data_dir, plot=not args.no_plot,
+                     allow_other_data=args.allow_other_data)
     print(f"compared {after} (after) with {before} (before)")
     print(f"wrote {', '.join(str(p) for p in result.files.values())}")
     return 0
@@ -173,12 +207,16 @@ def run_recommend(args: argparse.Namespace) -> int:
 
     users = args.users if args.users else read_users_file(args.users_file)
     rows = recommend(args.checkpoint, users, top_k=args.top_k, out_csv=args.out, data_dir=args.data_dir,
-                     exclude_train=not args.include_train)
+                     exclude_train=not args.include_train, allow_other_data=args.allow_other_data)
     if args.out:
         print(f"wrote {len(rows)} rows to {args.out}")
     else:
         sys.stdout.write(recommendations_csv(rows))
     return 0
+
+
+_OTHER_DATA_HELP = ("use a dataset whose data fingerprint differs from the one the checkpoint was trained on "
+                    "(refused otherwise: same counts but other interactions, features or ids), with a warning")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -194,6 +232,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the runs still to do and rewrite the outputs only")
     p.add_argument("--no-retry-failed", action="store_true", help="keep failed runs failed instead of rerunning")
     p.add_argument("--timeout", type=float, help="seconds after which a run is killed and recorded as failed")
+    _add_parallel_options(p)
 
 
 def _add_extra_subcommands(subparsers: "argparse._SubParsersAction") -> None:
@@ -244,6 +283,7 @@ def _add_extra_subcommands(subparsers: "argparse._SubParsersAction") -> None:
                                  "the numbers go to the same name with .csv")
     h.add_argument("--data-dir", help="dataset folder, when it moved since training")
     h.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
+    h.add_argument("--allow-other-data", action="store_true", help=_OTHER_DATA_HELP)
     h.set_defaults(handler=run_heatmap)
 
     r = subparsers.add_parser(
@@ -258,4 +298,57 @@ def _add_extra_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     r.add_argument("--out", metavar="CSV", help="output CSV (default: standard output)")
     r.add_argument("--data-dir", help="dataset folder, when it moved since training")
     r.add_argument("--include-train", action="store_true", help="do not exclude the users' training items")
+    r.add_argument("--allow-other-data", action="store_true", help=_OTHER_DATA_HELP)
     r.set_defaults(handler=run_recommend)
+
+
+# ------------------------------------------------------------------------------------------------
+# tune (Optuna, optional): the module, and optuna with it, is imported by the handler only
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from .tune import tune
+
+    tune(args.mmrec, args.dataset, args.model, args.trials, epochs=args.epochs, space_file=args.space,
+         storage=args.storage, jobs=args.jobs, devices=args.devices, study_name=args.study, seed=args.seed,
+         sampler_seed=args.sampler_seed, pruner=args.pruner, warmup_epochs=args.warmup_epochs,
+         startup_trials=args.startup_trials, overrides=args.set or [], results_dir=args.results,
+         python=args.python, data_dir=args.data_dir, timeout_s=args.timeout, summary=not args.no_summary,
+         execute=not args.dry_run)
+    return 0
+
+
+def _add_tune_subcommand(subparsers: "argparse._SubParsersAction") -> None:
+    t = subparsers.add_parser(
+        "tune", help="Optuna search over one model's settings, on validation only, with pruning (needs optuna)",
+        description="Tune one MMRec model with Optuna: each trial is one run (stored in RESULTS/DATASET/runs.jsonl), "
+                    "its objective MMRec's validation metric; per-epoch validation feeds the pruner. Rerun to "
+                    "continue; start more workers with the same --storage and --study to scale out. Writes "
+                    "RESULTS/DATASET/tune/STUDY.md and PNG figures.")
+    t.add_argument("--mmrec", required=True, help="MMRec checkout (or its src folder)")
+    t.add_argument("-d", "--dataset", required=True, help="dataset name (MMRec's configs/dataset/NAME.yaml)")
+    t.add_argument("-m", "--model", required=True, help="MMRec model name, e.g. REARM or LightGCN")
+    t.add_argument("--trials", type=int, required=True, help="complete + pruned trials the study ends with")
+    t.add_argument("--epochs", type=int, help="epoch budget of every trial (default: the YAML's)")
+    t.add_argument("--space", metavar="FILE", help="YAML of ranges / choices (default: MMRec's hyper_parameters, "
+                                                   "and for REARM our configs/tune/REARM.yaml)")
+    t.add_argument("--storage", metavar="URL|FILE", help="Optuna storage shared by the workers: a journal file "
+                   "(default RESULTS/DATASET/optuna.journal) or a database URL (postgresql://...)")
+    t.add_argument("--study", metavar="NAME", help="study name (default DATASET.MODEL)")
+    t.add_argument("--seed", type=int, default=999, help="MMRec seed of every trial (default 999)")
+    t.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (give each worker its own)")
+    t.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                   help="Optuna pruner fed each epoch's validation score (default median)")
+    t.add_argument("--warmup-epochs", type=int, default=1, help="epochs before a trial may be pruned (default 1)")
+    t.add_argument("--startup-trials", type=int, default=3,
+                   help="finished trials before the median pruner prunes (default 3)")
+    t.add_argument("--set", action="extend", nargs="+", metavar="[MODEL.]key=value",
+                   help="pin a setting (it is not searched), as in compare")
+    t.add_argument("--results", default="results", help="results folder (default ./results)")
+    t.add_argument("--python", default=sys.executable, help="Python that runs MMRec (default: this one)")
+    t.add_argument("--data-dir", help="dataset folder outside the checkout (staged with symlinks)")
+    t.add_argument("--timeout", type=float, help="seconds after which a trial's run is killed and failed")
+    t.add_argument("--no-summary", action="store_true", help="write no Markdown / PNG summary")
+    t.add_argument("--dry-run", action="store_true", help="print the study, search space and slots; run nothing")
+    _add_parallel_options(t)
+    t.set_defaults(handler=run_tune)

@@ -187,8 +187,12 @@ def model_configurations(base: dict, model: str, overrides: Sequence[Override]) 
 
 
 def build_plan(src: Path, dataset: str, models: Sequence[str], seeds: Union[int, Sequence[int]],
-               epochs: Optional[int], overrides: Sequence[str] = ()) -> Plan:
-    """All runs in order model -> configuration (grid order) -> seed."""
+               epochs: Optional[int], overrides: Sequence[str] = (),
+               extra_overrides: Sequence[Override] = ()) -> Plan:
+    """All runs in order model -> configuration (grid order) -> seed.
+
+    ``extra_overrides`` (already parsed, values exact, e.g. a tuned configuration) come after
+    ``overrides``, so on the same key of the same model they win."""
     if not models:
         raise ConfigError("models: name at least one MMRec model to compare.")
     if len(set(models)) != len(models):
@@ -196,7 +200,7 @@ def build_plan(src: Path, dataset: str, models: Sequence[str], seeds: Union[int,
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ConfigError(f"epochs: expected a positive integer or None (MMRec's own setting), got {epochs!r}.")
     seed_values = seed_list(seeds)
-    parsed = parse_overrides(overrides, models)
+    parsed = parse_overrides(overrides, models) + list(extra_overrides)
     runs: List[RunSpec] = []
     configs: Dict[str, List[dict]] = {}
     metric: Dict[str, str] = {}

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .compare import Progress, QueuedRun, RunFunction, _ensure_dataset, _git_commit, run_queue, user_path
-from .launch import launch
 from .mmrec_config import check_model, mmrec_src
+from .parallel import make_slots
 from .plan import Plan, RunSpec, build_plan, parse_overrides, seed_list
-from .stats import ModelSummary, summarise
-from .store import RunStore
+from .prepare import ensure_dataset, git_commit, prepared_store, user_path
+from .runqueue import Progress, QueuedRun, RunFunction, make_start, run_queue
+from .stats import ModelSummary, capped_note, summarise
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -79,8 +79,9 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
                  seeds: Union[int, Sequence[int]] = 1, epochs: Optional[int] = None,
                  overrides: Sequence[str] = (), results_dir: PathLike = "results", python: str = sys.executable,
                  *, model: str = "REARM", data_dir: Optional[PathLike] = None, execute: bool = True,
-                 retry_failed: bool = True, timeout_s: Optional[float] = None,
-                 progress: Optional[Progress] = print, run_fn: Optional[RunFunction] = None) -> VariantRuns:
+                 retry_failed: bool = True, timeout_s: Optional[float] = None, jobs: Optional[int] = None,
+                 devices: Union[str, Sequence[str], None] = None, progress: Optional[Progress] = print,
+                 run_fn: Optional[RunFunction] = None) -> VariantRuns:
     """Run every (variant, configuration, seed) of ``model`` on ``dataset`` that has no ``ok`` record.
 
     Arguments as in :func:`~.compare.compare`; ``variants`` in table order. A run shared by two
@@ -91,13 +92,15 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
     check_model(src, model)
     variants = list(variants)
     _check_variants(variants, model, overrides)
+    slots = make_slots(jobs, devices)
     if run_fn is None and execute and shutil.which(python) is None and not Path(python).is_file():
         raise ConfigError(f"python={python!r}: interpreter not found; give the Python that has MMRec's requirements.")
     seed_values = seed_list(seeds)
     results_dir = user_path(results_dir)  # the runs start in MMRec's src/
     results_root = results_dir / dataset
-    _folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
-                                     results_root, write_yaml=execute, progress=say)
+    store = prepared_store(results_dir, dataset, progress)
+    _folder, extra = ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
+                                    results_root, write_yaml=execute, progress=say)
     plans: Dict[str, Plan] = {}
     for variant in variants:
         plans[variant.name] = build_plan(src, dataset, [model], seed_values, epochs,
@@ -112,7 +115,6 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
                 seen.add(spec.key)
                 queue.append((variant, spec))
 
-    store = RunStore(results_dir, dataset)
     with store.exclusive():
         latest = store.latest()
         total = len(queue)
@@ -122,17 +124,18 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
         executed, skipped, failed = run_queue(
             [QueuedRun(f"{model} [{variant.label}] seed {spec.seed}", spec, plans[variant.name].valid_metric[model])
              for variant, spec in queue],
-            dataset, store, latest, say, execute=execute, retry_failed=retry_failed,
-            start=lambda spec, on_event: (
-                launch(spec, src, python, results_root / "logs", extra=extra, on_event=on_event, timeout_s=timeout_s)
-                if run_fn is None else run_fn(spec, extra, on_event)))
+            dataset, store, latest, say, execute=execute, retry_failed=retry_failed, slots=slots,
+            start=make_start(src, python, results_root, extra, timeout_s=timeout_s, run_fn=run_fn))
 
     summaries: Dict[str, ModelSummary] = {}
     for variant in variants:
         plan = plans[variant.name]
         records = [latest[s.key] for s in plan.runs if s.key in latest]
         summaries[variant.name] = summarise(records, plan.valid_metric, [model])[model]
-    commit = _git_commit(src.parent)
+        note = capped_note(summaries[variant.name])
+        if note:
+            say(f"warning: {model} [{variant.label}]: {note}")
+    commit = git_commit(src.parent)
     finished = sum(1 for _, s in queue if s.key in latest)
     settings = (f"MMRec checkout `{src.parent}`{f' at {commit}' if commit else ''}; model {model}; "
                 f"seeds {seed_values}; epochs {epochs if epochs is not None else 'from the YAML files'} "

@@ -25,7 +25,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,8 +35,12 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DatasetError
 from ..host import BaseRecommender, config_value, dataset_folder
+from ..features import load_feature_file
+from ..modalities import check_feature_files, selected_modalities
+from . import decay
 from . import layers as L
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
+from .raw_table import RawTable
 from .presets import RearmSettings, describe, read_settings
 
 __all__ = ["REARM", "RawTable", "build_homogeneous_graphs"]
@@ -53,98 +56,6 @@ def build_homogeneous_graphs(data, graph_settings: Dict[str, Any], cache_dir: An
     params = GraphParams.from_mapping(graph_settings)
     return load_or_build(data, params, cache_dir=cache_dir,
                          progress=lambda msg: logger.debug("REARM graphs: %s", msg))
-
-
-def _row_block(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Rows ``start:stop`` of a contiguous 2-D tensor, on the same storage (no copy) but with its
-    own version counter. Slices made by indexing share one counter, so the in-place decay of one
-    block during backward (see ``REARM._install_decoupled_decay``) would look to autograd like a
-    change of every other block still waiting for its gradient."""
-    block = values.new_empty(0)
-    width = values.shape[1]
-    block.set_(values.untyped_storage(), values.storage_offset() + start * width, (stop - start, width), (width, 1))
-    return block
-
-
-class RawTable(nn.Module):
-    """A table of raw modal vectors (rows, d_m), trainable (official: ``Embedding.from_pretrained(
-    freeze=False)`` for items, ``nn.Parameter`` for users) or a frozen buffer.
-
-    A trainable table is held as row blocks of at most :attr:`BLOCK_ELEMENTS` entries, each its own
-    parameter: an optimizer's per-parameter temporaries (Adam's ``sqrt(v) / c + eps``) are then
-    block-sized instead of table-sized (on Baby the user image table is 318 MB). The blocks never
-    appear outside: ``project`` applies a linear layer block by block, and the state_dict holds one
-    ``weight`` (rows, d_m) either way, so checkpoints do not depend on the switch or the blocking.
-    """
-
-    BLOCK_ELEMENTS = 1 << 23  # 32 MB of float32
-
-    def __init__(self, values: torch.Tensor, trainable: bool):
-        super().__init__()
-        # No copy: like MMRec's models (Embedding.from_pretrained) the table shares storage with
-        # the host's feature tensor, which nothing else reads after construction.
-        values = values.detach().float().contiguous()
-        self.shape = tuple(values.shape)
-        self.trainable = trainable
-        if trainable:
-            rows = max(1, self.BLOCK_ELEMENTS // max(1, values.shape[1]))
-            self.block_names = []
-            for index, start in enumerate(range(0, values.shape[0], rows)):
-                part = _row_block(values, start, min(values.shape[0], start + rows))
-                self.register_parameter(f"block{index}", nn.Parameter(part))
-                self.block_names.append(f"block{index}")
-        else:
-            self.register_buffer("weight_buffer", values)
-
-    @property
-    def blocks(self) -> list:
-        return [getattr(self, name) for name in self.block_names]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The whole table (rows, d_m); a concatenated copy when trainable."""
-        if not self.trainable:
-            return self.weight_buffer
-        blocks = self.blocks
-        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
-
-    def project(self, linear: nn.Module) -> torch.Tensor:
-        """``linear`` applied to every row -> (rows, d_out), block by block (no table-sized copy)."""
-        if not self.trainable:
-            return linear(self.weight_buffer)
-        parts = [linear(block) for block in self.blocks]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    # state_dict: one "weight" entry instead of the blocks / the buffer (no child modules here,
-    # so these two hooks see every entry of this table)
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        key = prefix + "weight"
-        if strict:
-            unexpected_keys.extend(name for name in state_dict if name.startswith(prefix) and name != key)
-        if key not in state_dict:
-            missing_keys.append(key)
-            return
-        value = state_dict[key]
-        if tuple(value.shape) != self.shape:
-            error_msgs.append(f"size mismatch for {key}: copying a param with shape "
-                              f"{tuple(value.shape)}, the shape in current model is {self.shape}.")
-            return
-        with torch.no_grad():
-            if not self.trainable:
-                self.weight_buffer.copy_(value)
-            else:
-                start = 0
-                for block in self.blocks:
-                    block.copy_(value[start:start + block.shape[0]])
-                    start += block.shape[0]
-
-    def extra_repr(self) -> str:
-        blocks = f", blocks={len(self.blocks)}" if self.trainable else ""
-        return f"{self.shape}, trainable={self.trainable}{blocks}"
 
 
 def _binary_csr(matrix) -> sp.csr_matrix:
@@ -186,6 +97,12 @@ def _return_free_heap_to_os() -> None:
         pass
 
 
+def _tune_host_allocator(device: torch.device, mmap_threshold_mb: float) -> bool:
+    """The glibc tuning above, for a model that trains on the CPU only: a GPU model's step blocks
+    are device memory, which the host allocator never sees. -> whether the mmap threshold applied."""
+    return device.type == "cpu" and _use_mmap_for_blocks_from(mmap_threshold_mb)
+
+
 def _mean_of_items(inter: sp.csr_matrix, item_values: torch.Tensor) -> torch.Tensor:
     """Each user's mean over its training items' raw vectors (the paper's u_m of Sec. 4.1):
     (n_users, n_items) 0/1 x (n_items, d_m) -> (n_users, d_m). A user without training items gets
@@ -205,27 +122,35 @@ class REARM(BaseRecommender):
     Settings: configs/model/REARM.yaml (validated by :func:`~mmrec_rearm.model.presets.read_settings`).
     """
 
+    #: Names of the terms :meth:`calculate_loss` returns (eq. 21, 12, 17, 22), for progress lines.
+    loss_names = ("bpr", "cl", "ort", "reg")
+
     def __init__(self, config: Any, dataloader: Any):
-        super().__init__(config, dataloader)
         get = lambda key, default=None: config_value(config, key, default)  # noqa: E731
         s: RearmSettings = read_settings(config, get)
+        # before the host's constructor, which loads the feature files itself (MMRec: with pickle
+        # allowed, and a bare assertion when none exists)
+        check_feature_files(lambda key: config_value(config, key), dataset_folder(config), s.modalities,
+                            s.extra_feature_files, dataset=str(get("dataset", "")))
+        super().__init__(config, dataloader)
         self.settings = s
         logger.info(describe(s.preset, s.dataset))
         logger.info(s.summary())
         self._check_weight_decay(s)
 
-        if _use_mmap_for_blocks_from(s.malloc_mmap_threshold_mb):
+        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        if _tune_host_allocator(device, s.malloc_mmap_threshold_mb):
             logger.info("REARM: allocations >= %s MB use mmap (malloc_mmap_threshold_mb)", s.malloc_mmap_threshold_mb)
         inter = _binary_csr(dataloader.inter_matrix(form="coo"))
         if inter.shape != (self.n_users, self.n_items):
             raise DatasetError(f"interaction matrix has shape {inter.shape}, expected "
                                f"(n_users={self.n_users}, n_items={self.n_items})")
         names, feats = self._modal_features(config, s)
+        logger.info("REARM modalities: %s", ", ".join(f"{n} ({f.shape[1]}-d)" for n, f in zip(names, feats)))
         self.modality_names: Tuple[str, ...] = tuple(names)
         n_mod = len(feats)
         d = s.embedding_size
         self.embedding_size, self.n_modalities = d, n_mod
-        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
 
         # ---- graphs (built once, or read from the cache) -----------------------------------
         t0 = time.perf_counter()
@@ -261,10 +186,9 @@ class REARM(BaseRecommender):
 
         self.representation_passes = 0  # full passes over the graph (tests, profiling)
         self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
-        self._epoch = -1
-        self._decay_factor: Optional[float] = None
-        self._decay_hooks = self._install_decoupled_decay(s)
-        _return_free_heap_to_os()
+        self._attach_decay()
+        if device.type == "cpu":  # graph building's freed heap; a GPU model's steps do not reuse it
+            _return_free_heap_to_os()
 
     # ------------------------------------------------------------------------------------------
     # construction helpers
@@ -282,43 +206,25 @@ class REARM(BaseRecommender):
                            s.reg_weight)
 
     def _modal_features(self, config: Any, s: RearmSettings) -> Tuple[List[str], List[torch.Tensor]]:
-        """Available modalities in slot order (vision slot, text slot, extra files), then the
-        ``modalities`` selection -> names and (n_items, d_m) float tensors."""
-        available: List[Tuple[str, torch.Tensor]] = []
-        for slot, key, fallback in ((self.v_feat, "vision_feature_file", "v_feat"),
-                                    (self.t_feat, "text_feature_file", "t_feat")):
-            if slot is not None:
-                available.append((Path(str(config_value(config, key, fallback))).stem, slot))
-        folder = dataset_folder(config)
-        for name in s.extra_feature_files:
-            path = name if os.path.isabs(name) else os.path.join(folder, name)
-            if not os.path.isfile(path):
-                raise DatasetError(f"{path}: extra feature file not found (extra_feature_files); "
-                                   "put the .npy file in the dataset folder or remove it from the list.")
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise DatasetError(f"{path}: cannot be read as a plain .npy array ({exc}).") from exc
-            available.append((Path(path).stem, torch.from_numpy(np.asarray(arr, dtype=np.float32))))
-        if not available:
-            raise DatasetError(
-                f"no item features in {folder}: neither vision_feature_file="
-                f"{config_value(config, 'vision_feature_file')!r} nor text_feature_file="
-                f"{config_value(config, 'text_feature_file')!r} exists there; REARM needs at least one.")
-        names = [n for n, _ in available]
-        if len(set(names)) != len(names):  # the fingerprint and logs need distinct names
-            names = [f"{n}#{i}" for i, n in enumerate(names)]
-        pick = {"all": list(range(len(available))), "first": [0], "second": [1]}.get(s.modalities, s.modalities)
-        bad = [i for i in pick if i >= len(available)]
-        if bad:
-            raise ConfigError(f"REARM config key 'modalities' = {s.modalities!r} asks for modality "
-                              f"{bad[0]}, but only {len(available)} are available: {names}.")
-        for i in pick:
-            if available[i][1].dim() != 2 or available[i][1].shape[0] != self.n_items:
-                raise DatasetError(f"feature '{names[i]}' has shape {tuple(available[i][1].shape)}, "
-                                   f"expected (n_items={self.n_items}, d).")
-        logger.info("REARM modalities: %s", ", ".join(f"{names[i]} ({available[i][1].shape[1]}-d)" for i in pick))
-        return [names[i] for i in pick], [available[i][1].float() for i in pick]
+        """The modalities :mod:`mmrec_rearm.modalities` selects -> names and (n_items, d_m) float
+        tensors: the host's ``v_feat`` / ``t_feat`` for slots 0 / 1, extra files loaded here."""
+        names, feats = [], []
+        for modality in selected_modalities(lambda key: config_value(config, key), dataset_folder(config),
+                                            s.modalities, s.extra_feature_files):
+            slot = modality.slot
+            if slot.index < 2:
+                tensor = (self.v_feat, self.t_feat)[slot.index]
+                if tensor is None:
+                    raise DatasetError(f"no item features in {dataset_folder(config)}: the host loaded nothing for "
+                                       f"{slot.key}={slot.name!r} (end2end on, or is_multimodal_model off?).")
+            else:
+                tensor = torch.from_numpy(load_feature_file(slot.label, modality.path, self.n_items))
+            if tensor.dim() != 2 or tensor.shape[0] != self.n_items:
+                raise DatasetError(f"{modality.path}: feature '{modality.name}' ({slot.key}) has shape "
+                                   f"{tuple(tensor.shape)}, expected (n_items={self.n_items}, d).")
+            names.append(modality.name)
+            feats.append(tensor.float())
+        return names, feats
 
     def _graphs(self, config: Any, s: RearmSettings, inter: sp.csr_matrix, names: Sequence[str],
                 feats: Sequence[torch.Tensor]):
@@ -331,6 +237,10 @@ class REARM(BaseRecommender):
             coo.row, coo.col, self.n_users, self.n_items,
             {name: f.detach().cpu().numpy() for name, f in zip(names, feats)},
             source={"inter": os.path.join(folder, str(inter_name))})
+        from ..cache import data_fingerprint
+
+        #: what this model was built on (checkpoints store it; recommend checks a dataset against it)
+        self.data_fingerprint = data_fingerprint(data)
         return build_homogeneous_graphs(data, s.graph, s.cache_dir)
 
     def _reset_parameters(self) -> None:
@@ -341,35 +251,17 @@ class REARM(BaseRecommender):
         for proj in list(self.item_proj) + list(self.user_proj):
             nn.init.xavier_normal_(proj.weight)
 
-    def _install_decoupled_decay(self, s: RearmSettings) -> list:
-        """AdamW's decoupled weight decay inside the model (weight_decay_mode 'decoupled').
+    def _attach_decay(self) -> None:
+        """AdamW's decoupled weight decay (weight_decay_mode 'decoupled'): before each step of the
+        host's optimizer, each parameter with a gradient is multiplied by ``1 - lr * reg_weight``
+        with the lr of that optimizer's param group at that moment (see :mod:`.decay`)."""
+        s = self.settings
+        if s.weight_decay_mode == "decoupled" and s.reg_weight > 0:
+            decay.attach(self, s.reg_weight)
 
-        Each parameter is multiplied by ``1 - lr * reg_weight`` right after its gradient of the
-        current training step is complete (a post-accumulate-grad hook), i.e. after the gradient
-        was taken at the old value and before MMRec's optimizer applies its Adam update: exactly
-        AdamW's step. Like AdamW, a parameter without a gradient in a step is not decayed.
-        """
-        if s.weight_decay_mode != "decoupled" or s.reg_weight == 0:
-            return []
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not hasattr(params[0], "register_post_accumulate_grad_hook"):  # torch < 2.1
-            logger.warning("REARM: torch %s has no post-accumulate-grad hooks; the decoupled weight "
-                           "decay is applied before each forward instead (same up to ordering).",
-                           torch.__version__)
-            return []
-
-        def hook(param: torch.Tensor) -> None:
-            if self._decay_factor is not None and self.training:
-                with torch.no_grad():
-                    param.mul_(self._decay_factor)
-
-        return [p.register_post_accumulate_grad_hook(hook) for p in params]
-
-    def _current_lr(self) -> float:
-        # MMRec's LambdaLR: lr * factor ** (epoch / step), advanced once per epoch
-        factor, step = self.settings.lr_scheduler
-        epoch = max(self._epoch, 0)
-        return self.settings.learning_rate * (factor ** (epoch / step) if step else 1.0)
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self._attach_decay()  # deep copies and unpickled models decay like the original
 
     # ------------------------------------------------------------------------------------------
     # the network
@@ -445,9 +337,6 @@ class REARM(BaseRecommender):
     # ------------------------------------------------------------------------------------------
     # MMRec interface
 
-    def pre_epoch_processing(self):
-        self._epoch += 1
-
     def train(self, mode: bool = True):
         """``train(True)`` drops the evaluation cache (training changes the representations);
         ``train(False)`` keeps it, so MMRec's valid and test passes (each starting with ``eval()``)
@@ -464,18 +353,11 @@ class REARM(BaseRecommender):
     def calculate_loss(self, interaction: torch.Tensor):
         """Eq. (22) for one batch -> the tuple of its terms (MMRec sums them and logs each):
         ``(bpr, lambda_cl * L_cl, lambda_ort * L_ort, reg)``. ``reg`` is ``reg_weight * ||Theta||^2``
-        with weight_decay_mode 'l2', else 0 (the decay then acts in the optimizer step)."""
+        with weight_decay_mode 'l2', else 0 (the decay then acts in the optimizer step, see
+        :meth:`_attach_decay`)."""
         self._eval_cache = None
         s = self.settings
         users, pos, neg = interaction[0], interaction[1], interaction[2]
-        if self.training and torch.is_grad_enabled() and s.weight_decay_mode == "decoupled" and s.reg_weight:
-            self._decay_factor = 1.0 - self._current_lr() * s.reg_weight
-            if not self._decay_hooks:  # old torch: decay before the forward instead
-                with torch.no_grad():
-                    for p in self.parameters():
-                        if p.requires_grad:
-                            p.mul_(self._decay_factor)
-                self._decay_factor = None
         modal, ids = self._propagate_all()
         user_rep = self._final(modal, ids, users, "user")
         item_rep = self._final(modal, ids, torch.cat([pos, neg]), "item")
