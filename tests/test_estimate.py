@@ -109,6 +109,8 @@ def test_mmrec_checkout_settings(tmp_path, folder, capsys):
     (["estimate", "--mmrec", "/nonexistent-mmrec"], "needs -d DATASET"),
     (["estimate", "/nonexistent-dataset"], "dataset folder not found"),
     (["estimate", "--mmrec", "/nonexistent-mmrec", "-d", "x"], "not an MMRec checkout"),
+    (["estimate", "/some-folder", "--mmrec", "/nonexistent-mmrec", "-d", "x"], "not both"),
+    (["estimate", "/some-folder", "--feature", "image_feat.npy"], "--feature 'image_feat.npy'"),
 ])
 def test_errors_are_named(argv, message, capsys):
     assert main(argv) == 2
@@ -119,5 +121,14 @@ def test_estimate_imports_neither_torch_nor_mmrec(folder):
     code = ("import sys; from mmrec_rearm.estimate import estimate; estimate(folder=sys.argv[1]); "
             "assert 'torch' not in sys.modules, 'torch'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_estimate_from_a_checkout_imports_neither_torch_nor_mmrec(tmp_path, folder):
+    checkout = _fake_checkout(tmp_path, folder)
+    code = ("import sys; from mmrec_rearm.estimate import estimate; estimate(mmrec=sys.argv[1], dataset='demo'); "
+            "assert 'torch' not in sys.modules, 'torch'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(checkout)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
