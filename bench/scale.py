@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -41,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-from scale_report import GRAPHS, write_report  # bench/ is the script's folder
+from machine import machine  # bench/ is the script's folder
+from scale_report import GRAPHS, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "scale.md"
@@ -289,28 +288,6 @@ def _run_child(args: List[str], limit_gib: float) -> dict:
     return {"returncode": proc.returncode, "stopped": stopped}
 
 
-def _machine() -> Dict[str, str]:
-    import numpy as np
-    import scipy
-
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = "?"
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f"{kib / 2 ** 20:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return {"cpu": model, "cores": str(len(os.sched_getaffinity(0))), "memory": memory,
-            "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__}
-
-
 def run_case(n_users: int, dims: List[int], work_root: Path, seed: int, limit_gib: float,
              sample: Optional[float] = None) -> Iterator[dict]:
     """Yields one record per width as soon as it is measured."""
@@ -374,7 +351,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 results["cases"] = [c for c in results["cases"]
                                     if (c["users_asked"], c["dim"]) != (case["users_asked"], case["dim"])] + [case]
                 results["cases"].sort(key=lambda c: (c["dim"], c["users_asked"]))
-                results["machine"] = _machine()
+                results["machine"] = machine()
                 results["settings"] = {"items_per_user": ITEMS_PER_USER, "per_user_draws": PER_USER, "seed": args.seed,
                                        "params": "GraphParams() defaults, one modality"}
                 args.json.parent.mkdir(parents=True, exist_ok=True)
