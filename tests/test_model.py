@@ -537,18 +537,18 @@ def test_graphs_move_with_the_model_and_stay_out_of_its_state(demo):
 
 
 def test_host_allocator_tuning_only_for_cpu_models(monkeypatch):
-    from mmrec_rearm.model import rearm as rearm_module
+    from mmrec_rearm.model import allocator
     calls = []
-    monkeypatch.setattr(rearm_module, "_use_mmap_for_blocks_from", lambda mb: calls.append(mb) or True)
-    assert rearm_module._tune_host_allocator(torch.device("cuda"), 4.0) is False and calls == []
-    assert rearm_module._tune_host_allocator(torch.device("cpu"), 4.0) is True and calls == [4.0]
+    monkeypatch.setattr(allocator, "use_mmap_for_blocks_from", lambda mb: calls.append(mb) or True)
+    assert allocator.tune_host_allocator(torch.device("cuda"), 4.0) is False and calls == []
+    assert allocator.tune_host_allocator(torch.device("cpu"), 4.0) is True and calls == [4.0]
 
 
 def test_mmap_threshold_setting_defaults_and_applies_on_glibc():
     assert _settings({"dataset": "baby"}).malloc_mmap_threshold_mb == 4.0
     assert _settings({"dataset": "baby", "malloc_mmap_threshold_mb": 0}).malloc_mmap_threshold_mb == 0.0
-    from mmrec_rearm.model import rearm as rearm_module
-    assert rearm_module._use_mmap_for_blocks_from(0) is False  # 0 leaves the allocator alone
+    from mmrec_rearm.model import allocator
+    assert allocator.use_mmap_for_blocks_from(0) is False  # 0 leaves the allocator alone
     import platform
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        assert rearm_module._use_mmap_for_blocks_from(4) is True
+        assert allocator.use_mmap_for_blocks_from(4) is True

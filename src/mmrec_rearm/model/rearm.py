@@ -20,10 +20,8 @@ switch, is listed in docs/choices.md ("Model (issue 3)").
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -38,6 +36,7 @@ from ..host import BaseRecommender, config_value, dataset_folder
 from ..features import load_feature_file
 from ..modalities import check_feature_files, selected_modalities
 from . import decay
+from .allocator import return_free_heap_to_os, tune_host_allocator
 from . import layers as L
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
 from .raw_table import RawTable
@@ -64,43 +63,6 @@ def _binary_csr(matrix) -> sp.csr_matrix:
     m.data[:] = 1.0
     m.eliminate_zeros()
     return m
-
-
-def _use_mmap_for_blocks_from(megabytes: float) -> bool:
-    """Make glibc serve every allocation of at least ``megabytes`` MB by its own mmap (``mallopt(
-    M_MMAP_THRESHOLD)``), so it is returned to the OS as soon as it is freed. -> whether it applied.
-
-    Why: each training step allocates and frees hundreds of 4-32 MB activation and gradient
-    blocks; glibc's default threshold grows to 32 MB after the first such free, after which these
-    blocks are carved from the heap and the heap's high-water mark stays in the process's memory
-    (Baby: about 0.4 GB). The setting is process-wide and lasts for the process (MMRec runs one
-    model per process); the cost is fresh zeroed pages per block (Baby: 3.34 -> 3.04 GB peak, 1.93 -> 2.43 s per batch)."""
-    if megabytes <= 0 or not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(megabytes * (1 << 20))))  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
-def _return_free_heap_to_os() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``; elsewhere a no-op).
-
-    Building the graphs frees a few hundred MB in blocks below glibc's mmap threshold (the item
-    Gram matrix, kNN candidates); glibc keeps those in the heap, where they would count in the
-    process's memory for the whole run."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc without malloc_trim
-        pass
-
-
-def _tune_host_allocator(device: torch.device, mmap_threshold_mb: float) -> bool:
-    """The glibc tuning above, for a model that trains on the CPU only: a GPU model's step blocks
-    are device memory, which the host allocator never sees. -> whether the mmap threshold applied."""
-    return device.type == "cpu" and _use_mmap_for_blocks_from(mmap_threshold_mb)
 
 
 def _mean_of_items(inter: sp.csr_matrix, item_values: torch.Tensor) -> torch.Tensor:
@@ -139,7 +101,7 @@ class REARM(BaseRecommender):
         self._check_weight_decay(s)
 
         device = torch.device(self.device) if self.device is not None else torch.device("cpu")
-        if _tune_host_allocator(device, s.malloc_mmap_threshold_mb):
+        if tune_host_allocator(device, s.malloc_mmap_threshold_mb):
             logger.info("REARM: allocations >= %s MB use mmap (malloc_mmap_threshold_mb)", s.malloc_mmap_threshold_mb)
         inter = _binary_csr(dataloader.inter_matrix(form="coo"))
         if inter.shape != (self.n_users, self.n_items):
@@ -188,7 +150,7 @@ class REARM(BaseRecommender):
         self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
         self._attach_decay()
         if device.type == "cpu":  # graph building's freed heap; a GPU model's steps do not reuse it
-            _return_free_heap_to_os()
+            return_free_heap_to_os()
 
     # ------------------------------------------------------------------------------------------
     # construction helpers
