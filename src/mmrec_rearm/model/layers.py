@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import binary_matrix
+
 __all__ = [
     "to_torch_csr",
     "SparseGraph",
@@ -164,10 +166,7 @@ def normalized_interaction_graph(interactions: sp.spmatrix) -> sp.csr_matrix:
     ``1 / sqrt(|N_u| |N_i|)`` (the paper's lambda_n). A node without edges keeps an empty row
     (the official code adds 1e-7 to the degree for the same effect).
     """
-    r = sp.csr_matrix(interactions, dtype=np.float32)
-    r.sum_duplicates()
-    r.data[:] = 1.0
-    r.eliminate_zeros()
+    r = binary_matrix(interactions)
     n_users, n_items = r.shape
     adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     adj.resize((n_users + n_items, n_users + n_items))
