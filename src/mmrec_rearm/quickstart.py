@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Dict, List, Mapping, Optional, TextIO, Tuple, Union
 from . import processes
 from .errors import InstallError, Interrupted
 from .hints import command
+from .mmrec_output import metric_pairs
 from .install import (MODEL_SHIMS, Report, check_placeable, data_root, find_checkout, marked, place_files,
                       planned_files)
 
@@ -64,7 +64,6 @@ class QuickstartResult:
         return self.summary()
 
 
-_METRIC = re.compile(r"([A-Za-z0-9_]+@\d+):\s*(-?[0-9.]+(?:[eE][-+]?\d+)?)")
 _BEST = "█ BEST █"
 
 
@@ -95,7 +94,7 @@ def parse_final_metrics(output: str) -> Tuple[Dict[str, float], Dict[str, float]
         raise InstallError("MMRec's final 'BEST' block lacks its 'Valid:' or 'Test:' line")
 
     def metrics(text: str) -> Dict[str, float]:
-        return {key.lower(): float(value) for key, value in _METRIC.findall(text)}
+        return {key.lower(): value for key, value in metric_pairs(text).items()}
 
     return metrics(found["Valid:"]), metrics(found["Test:"]), parameters
 
