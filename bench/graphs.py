@@ -49,14 +49,13 @@ def _child(name: str, data_root: Path, seed: int, out: Path) -> None:
     import numpy as np
     import scipy
 
-    from mmrec_rearm.data import read_interactions, training_matrix
+    from mmrec_rearm.data import read_interactions
     from mmrec_rearm.graphs import GraphParams, build_graphs
 
     t0 = time.perf_counter()
     parsed = read_interactions(data_root / name / f"{name}.inter")
-    n_users, n_items = int(parsed.users.max()) + 1, int(parsed.items.max()) + 1
-    train = parsed.labels == 0
-    matrix = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
+    n_users, n_items = parsed.n_users, parsed.n_items
+    matrix = parsed.split_matrix(0)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     features = {"image": rng.random((n_items, IMAGE_DIM), dtype=np.float32),

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_FEATURES",
     "REQUIRED_COLUMNS",
     "TrainingData",
+    "Interactions",
     "read_dataset",
     "read_interactions",
     "training_matrix",
@@ -160,13 +161,31 @@ def binary_matrix(matrix) -> sp.csr_matrix:
 
 
 @dataclass(frozen=True)
-class _Interactions:
+class Interactions:
+    """The rows of an .inter file (what :func:`read_interactions` returns)."""
+
     users: np.ndarray  # (n_rows,) int64
     items: np.ndarray  # (n_rows,) int64
     labels: np.ndarray  # (n_rows,) int64 in {0, 1, 2}
 
+    @property
+    def n_users(self) -> int:
+        """Max userID over all splits + 1 (MMRec's convention); needs at least one row."""
+        return int(self.users.max()) + 1
 
-def read_interactions(path: PathLike) -> _Interactions:
+    @property
+    def n_items(self) -> int:
+        """Max itemID over all splits + 1; needs at least one row."""
+        return int(self.items.max()) + 1
+
+    def split_matrix(self, label: int) -> sp.csr_matrix:
+        """The 0/1 matrix ``(n_users, n_items)`` of the rows with ``x_label == label`` (0 train,
+        1 valid, 2 test); see :func:`training_matrix`."""
+        rows = self.labels == label
+        return training_matrix(self.users[rows], self.items[rows], self.n_users, self.n_items)
+
+
+def read_interactions(path: PathLike) -> Interactions:
     """Parse and validate the ``userID``, ``itemID``, ``x_label`` columns of an .inter file.
 
     Returns id arrays ``(n_rows,)`` int64 for every row of every split.
@@ -218,7 +237,7 @@ def read_interactions(path: PathLike) -> _Interactions:
         )
     for field, ids in (("userID", users), ("itemID", items)):
         _check_id_range(path, body, starts, ends, line_no, field, ids)
-    return _Interactions(users=users, items=items, labels=labels)
+    return Interactions(users=users, items=items, labels=labels)
 
 
 #: Ids may leave gaps (MMRec sizes its tables by the largest id + 1), but not this many: a count
@@ -292,10 +311,8 @@ def read_dataset(
     parsed = read_interactions(inter_path)
     if parsed.users.size == 0:
         raise DatasetError(f"{inter_path}: no interaction rows below the header; the file is empty.")
-    n_users = int(parsed.users.max()) + 1
-    n_items = int(parsed.items.max()) + 1
-    train = parsed.labels == 0
-    if not train.any():
+    n_users, n_items = parsed.n_users, parsed.n_items
+    if not (parsed.labels == 0).any():
         counts = {name: int((parsed.labels == k).sum()) for k, name in _SPLIT_NAMES.items()}
         raise DatasetError(
             f"{inter_path}: column 'x_label' has no row with value 0 (training split empty; rows "
@@ -307,7 +324,7 @@ def read_dataset(
     for name, path in _feature_paths(folder, features).items():
         loaded[name] = load_feature_file(name, path, n_items)
         source[name] = os.path.abspath(path)
-    interactions = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
+    interactions = parsed.split_matrix(0)
     return TrainingData(n_users, n_items, interactions, loaded, source)
 
 
