@@ -11,7 +11,7 @@ features; timing only, never quality) and calls ``build_graphs`` once with the d
 the total wall time of ``build_graphs``, the route chosen for each user interest graph, and the
 peak RSS of that process (``ru_maxrss``: everything the process ever held, including the data
 and the features; nothing subtracted). The markdown report puts the official code's numbers
-(from issue 2, see ``OFFICIAL``) and the issue's targets beside ours. ``--repeat N`` runs each
+(see ``OFFICIAL``) and the targets (``TARGETS``) beside ours. ``--repeat N`` runs each
 dataset N times and reports the fastest run (the reference box is shared with other jobs).
 """
 from __future__ import annotations
@@ -34,9 +34,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 IMAGE_DIM, TEXT_DIM = 4096, 384
 FEATURE_SEED = 2025
 
-#: Issue 2 targets: (seconds, peak RSS GiB) for all graphs from scratch, default parameters.
+#: Targets: (seconds, peak RSS GiB) for all graphs from scratch, default parameters.
 TARGETS = {"baby": (15.0, 1.5), "sports": (75.0, 3.0)}
-#: The official code (MrShouxingMa/REARM, Load_dataset + topk_sample) on Baby as given in issue 2
+#: The official code (MrShouxingMa/REARM, Load_dataset + topk_sample) on Baby
 #: (same 2-core box, random features): total seconds, peak GiB, and the slowest steps.
 OFFICIAL = {
     "baby": {"seconds": 166.0, "peak_gib": 4.8,
@@ -113,7 +113,7 @@ def _report(records: List[dict], machine: Dict[str, str]) -> str:
     names = ("user_cooccurrence", "item_cooccurrence", "user_interest", "item_semantic",
              "user_homogeneous", "item_homogeneous")
     lines = [
-        "# Graph construction benchmark (issue 2)",
+        "# Graph construction benchmark",
         "",
         "Written by `python bench/graphs.py`; all graphs of `build_graphs` from scratch with the "
         "default `GraphParams` (REARM's Baby settings: user_knn_k=40, item_knn_k=10, "

@@ -34,7 +34,7 @@ plain training batches and the highest RSS sampled within each stage, the split 
 evaluation between ``full_sort_predict`` and MMRec's own loop, and a torch.profiler table over two
 more batches (operators by self CPU time).
 
-Targets (issue 3): ours <= 0.5x the official epoch, <= 0.3x its valid+test evaluation and
+Targets: ours <= 0.5x the official epoch, <= 0.3x its valid+test evaluation and
 <= 0.5x its peak memory, with our faithful defaults. See bench/results/train.md.
 
 On a GPU::

@@ -133,7 +133,7 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# ablate, sensitivity, heatmap, recommend (issue 4, points 3 and 5). Their modules are imported by the
+# ablate, sensitivity, heatmap, recommend. Their modules are imported by the
 # handlers, so that building the parser stays as light as before.
 
 

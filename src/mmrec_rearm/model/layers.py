@@ -33,8 +33,8 @@ __all__ = [
 ]
 
 # Elements of the (rows, d, d) attention tensors handled at once (128 rows at d = 64, 2 MB of
-# float32): small enough for a chunk's temporaries to stay in the CPU cache (measured 2-3x faster
-# than 4096-row chunks on 2 cores), large enough for the batched kernels to stay efficient.
+# float32): small enough for a chunk's temporaries to stay in the CPU cache, large enough for the
+# batched kernels to stay efficient (measurement: docs/choices.md, "attention form").
 ATTENTION_CHUNK_ELEMENTS = 1 << 19
 # On a GPU there is no cache to fit and every chunk costs kernel launches: larger chunks.
 ATTENTION_CHUNK_ELEMENTS_GPU = 1 << 25

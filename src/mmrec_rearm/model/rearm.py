@@ -1,4 +1,4 @@
-"""REARM (Ma et al., ACM MM 2025) as an MMRec ``GeneralRecommender``: the wiring of Sec. 4.
+"""REARM as an MMRec ``GeneralRecommender``: the network of the paper's Sec. 4 and its MMRec interface.
 
 Data flow of one pass (``N = n_users + n_items``, ``d`` = embedding_size, ``M`` modalities)::
 
@@ -16,7 +16,7 @@ Data flow of one pass (``N = n_users + n_items``, ``d`` = embedding_size, ``M`` 
     losses: eq. 21 BPR, eq. 12 InfoNCE, eq. 17 orthogonality, eq. 22 total.
 
 Every place where the defaults follow the official code rather than the paper's text, and every
-switch, is listed in docs/choices.md ("Model (issue 3)").
+switch, is listed in docs/choices.md ("Model").
 """
 from __future__ import annotations
 
