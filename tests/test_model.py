@@ -463,8 +463,8 @@ def test_official_key_map_covers_our_two_modality_model(demo):
     assert len(set(table.values())) == len(table)
     assert table["ly_norm.weight"] == "norm.weight" and table["prl.weight"] == "act.weight"
     assert table["mlp_i2.linear_out.bias"] == "item_meta.second.out.bias"
-    assert table["self" + "_i_attn2.in_proj_weight"] == "self_attn.1.qkv_weight"
-    assert table["mutual" + "_i_attn1.out_proj.bias"] == "cross_attn.0.out_bias"
+    assert table["self_i_attn2.in_proj_weight"] == "self_attn.1.qkv_weight"
+    assert table["mutual_i_attn1.out_proj.bias"] == "cross_attn.0.out_bias"
     assert table["user_t_prefer"] == "user_raw.1.weight"
 
 
