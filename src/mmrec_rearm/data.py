@@ -106,8 +106,35 @@ class TrainingData:
         features: Mapping[str, Optional[np.ndarray]],
         source: Optional[Mapping[str, str]] = None,
     ) -> "TrainingData":
-        """See :func:`training_data_from_arrays`."""
-        return training_data_from_arrays(users, items, n_users, n_items, features, source)
+        """:class:`TrainingData` from training id arrays ``(n,)`` and feature arrays ``(n_items, d_m)``.
+
+        For hosts (MMRec) that already hold the training pairs and the features in memory. A ``None``
+        feature (MMRec's value for a modality without a file) is dropped; at least one must remain.
+        ``source`` is copied as given (paths for fingerprints and messages), empty when omitted.
+        """
+        if not isinstance(features, Mapping):
+            raise DatasetError(
+                f"features must be a mapping modality name -> array, got {type(features).__name__}; "
+                "e.g. {'image': v_feat, 'text': t_feat}."
+            )
+        src = dict(source or {})
+        kept = {}
+        for name, arr in features.items():
+            if arr is None:
+                continue
+            kept[name] = validate_features(name, arr, int(n_items), origin=src.get(name, ""))
+        if not kept:
+            raise DatasetError(
+                f"no feature array given (modalities {list(features)} are all None); REARM needs at "
+                "least one modality's item features."
+            )
+        interactions = training_matrix(users, items, n_users, n_items)
+        if interactions.nnz == 0:
+            raise DatasetError(
+                f"{src.get('inter', 'training arrays')}: the training split is empty; pass at least "
+                "one (user, item) pair."
+            )
+        return cls(int(n_users), int(n_items), interactions, kept, src)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,40 +396,5 @@ def _feature_paths(folder: Path, features: Optional[Mapping[str, PathLike]]) -> 
     return present
 
 
-def training_data_from_arrays(
-    users,
-    items,
-    n_users: int,
-    n_items: int,
-    features: Mapping[str, Optional[np.ndarray]],
-    source: Optional[Mapping[str, str]] = None,
-) -> TrainingData:
-    """:class:`TrainingData` from training id arrays ``(n,)`` and feature arrays ``(n_items, d_m)``.
-
-    For hosts (MMRec) that already hold the training pairs and the features in memory. A ``None``
-    feature (MMRec's value for a modality without a file) is dropped; at least one must remain.
-    ``source`` is copied as given (paths for fingerprints and messages), empty when omitted.
-    """
-    if not isinstance(features, Mapping):
-        raise DatasetError(
-            f"features must be a mapping modality name -> array, got {type(features).__name__}; "
-            "e.g. {'image': v_feat, 'text': t_feat}."
-        )
-    src = dict(source or {})
-    kept = {}
-    for name, arr in features.items():
-        if arr is None:
-            continue
-        kept[name] = validate_features(name, arr, int(n_items), origin=src.get(name, ""))
-    if not kept:
-        raise DatasetError(
-            f"no feature array given (modalities {list(features)} are all None); REARM needs at "
-            "least one modality's item features."
-        )
-    interactions = training_matrix(users, items, n_users, n_items)
-    if interactions.nnz == 0:
-        raise DatasetError(
-            f"{src.get('inter', 'training arrays')}: the training split is empty; pass at least "
-            "one (user, item) pair."
-        )
-    return TrainingData(int(n_users), int(n_items), interactions, kept, src)
+#: :meth:`TrainingData.from_arrays` as a function.
+training_data_from_arrays = TrainingData.from_arrays
