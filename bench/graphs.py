@@ -11,7 +11,7 @@ features; timing only, never quality) and calls ``build_graphs`` once with the d
 the total wall time of ``build_graphs``, the route chosen for each user interest graph, and the
 peak RSS of that process (``ru_maxrss``: everything the process ever held, including the data
 and the features; nothing subtracted). The markdown report puts the official code's numbers
-(from issue 2, see ``OFFICIAL``) and the issue's targets beside ours. ``--repeat N`` runs each
+(see ``OFFICIAL``) and the targets (``TARGETS``) beside ours. ``--repeat N`` runs each
 dataset N times and reports the fastest run (the reference box is shared with other jobs).
 """
 from __future__ import annotations
@@ -34,9 +34,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 IMAGE_DIM, TEXT_DIM = 4096, 384
 FEATURE_SEED = 2025
 
-#: Issue 2 targets: (seconds, peak RSS GiB) for all graphs from scratch, default parameters.
+#: Targets: (seconds, peak RSS GiB) for all graphs from scratch, default parameters.
 TARGETS = {"baby": (15.0, 1.5), "sports": (75.0, 3.0)}
-#: The official code (MrShouxingMa/REARM, Load_dataset + topk_sample) on Baby as given in issue 2
+#: The official code (MrShouxingMa/REARM, Load_dataset + topk_sample) on Baby
 #: (same 2-core box, random features): total seconds, peak GiB, and the slowest steps.
 OFFICIAL = {
     "baby": {"seconds": 166.0, "peak_gib": 4.8,
@@ -49,14 +49,13 @@ def _child(name: str, data_root: Path, seed: int, out: Path) -> None:
     import numpy as np
     import scipy
 
-    from mmrec_rearm.data import read_interactions, training_matrix
+    from mmrec_rearm.data import read_interactions
     from mmrec_rearm.graphs import GraphParams, build_graphs
 
     t0 = time.perf_counter()
     parsed = read_interactions(data_root / name / f"{name}.inter")
-    n_users, n_items = int(parsed.users.max()) + 1, int(parsed.items.max()) + 1
-    train = parsed.labels == 0
-    matrix = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
+    n_users, n_items = parsed.n_users, parsed.n_items
+    matrix = parsed.split_matrix(0)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     features = {"image": rng.random((n_items, IMAGE_DIM), dtype=np.float32),
@@ -94,7 +93,7 @@ def _report(records: List[dict], machine: Dict[str, str]) -> str:
     names = ("user_cooccurrence", "item_cooccurrence", "user_interest", "item_semantic",
              "user_homogeneous", "item_homogeneous")
     lines = [
-        "# Graph construction benchmark (issue 2)",
+        "# Graph construction benchmark",
         "",
         "Written by `python bench/graphs.py`; all graphs of `build_graphs` from scratch with the "
         "default `GraphParams` (REARM's Baby settings: user_knn_k=40, item_knn_k=10, "

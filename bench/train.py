@@ -34,7 +34,7 @@ plain training batches and the highest RSS sampled within each stage, the split 
 evaluation between ``full_sort_predict`` and MMRec's own loop, and a torch.profiler table over two
 more batches (operators by self CPU time).
 
-Targets (issue 3): ours <= 0.5x the official epoch, <= 0.3x its valid+test evaluation and
+Targets: ours <= 0.5x the official epoch, <= 0.3x its valid+test evaluation and
 <= 0.5x its peak memory, with our faithful defaults. See bench/results/train.md.
 
 On a GPU::
@@ -140,10 +140,10 @@ class Device:
 
 def read_inter(path: Path) -> np.ndarray:
     """(n, 3) int64 [user, item, x_label] of an MMRec .inter file (header required)."""
-    import pandas as pd
+    from mmrec_rearm.data import read_interactions
 
-    frame = pd.read_csv(path, sep="\t", usecols=["userID", "itemID", "x_label"])
-    return frame[["userID", "itemID", "x_label"]].to_numpy(dtype=np.int64)
+    rows = read_interactions(path)
+    return np.stack([rows.users, rows.items, rows.labels], axis=1).astype(np.int64, copy=False)
 
 
 def prepare(dataset: str, data_dir: Path, work: Path, mmrec_src: Path) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,40 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # threads (a 2-thread REARM epoch on a TikTok subset took 12x longer with the load at 8).
 for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
+
+
+# --- shared by several test areas ----------------------------------------------------------------
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny tensors: more threads only contend with other
+    processes on the test machine); the previous count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(capsys, *argv) -> tuple:
+    """``mmrec-rearm ARGV`` in this process -> (exit status, stdout, stderr)."""
+    from mmrec_rearm.cli import main as cli_main
+
+    code = cli_main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+class PickleBomb:
+    """Unpickling it runs ``touch MARKER``: what a crafted pickle can do (the marker shows it ran)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 # --- official REARM clone (parity tests, tests/test_parity_official.py) -------------------------
@@ -257,3 +292,151 @@ def baby_subset():
 
     folder = data_folder_or_skip(BABY_ENV, BABY_DEFAULT, "Baby", ("baby.inter",))
     return read_subset(folder, "baby", random_features=BABY_RANDOM_FEATURES)
+
+
+# --- a fake MMRec checkout for the experiment commands (test_experiments, test_run, test_tune, -----
+# --- test_parallel, test_store_schema, test_output_safety): same layout and entry points as
+# --- enoche/MMRec, trivial "training"
+
+FAKE_QUICK_START = '''
+import importlib
+import logging
+import os
+from utils.utils import get_trainer
+
+
+def quick_start(model, dataset, config_dict, save_model=True, mg=False):
+    os.makedirs("log", exist_ok=True)
+    logging.basicConfig(level=logging.INFO, handlers=[
+        logging.FileHandler(os.path.join("log", model + "-" + dataset + ".log"), "w"), logging.StreamHandler()])
+    importlib.import_module("models." + model.lower())
+    config = dict(config_dict, model=model, dataset=dataset)
+    if config.get("direct"):  # a quick_start that does not go through get_trainer
+        from utils.utils import Trainer
+        trainer = Trainer(config, None, mg)
+    else:
+        trainer = get_trainer()(config, None, mg)
+    _, valid, test = trainer.fit(["train"], ["valid"], ["test"], saved=save_model)
+    logging.getLogger().info("best valid result: " + "".join("%s: %.04f    " % kv for kv in valid.items()))
+    logging.getLogger().info("test result: " + "".join("%s: %.04f    " % kv for kv in test.items()))
+'''
+
+FAKE_UTILS = '''
+import logging
+
+
+class Trainer(object):
+    """Valid score per epoch = config['curve']; metrics derived from config 'v'/'t' and the seed.
+    Like MMRec's fit: _train_epoch, then _valid_epoch on valid, early stopping, _valid_epoch on test."""
+
+    def __init__(self, config, model, mg=False):
+        self.config = config
+        self.cur_step = 0
+        self.best_valid_score = -1
+        self.device = "cpu"
+        self.valid_metric = "recall@20"
+        self.epochs = config.get("epochs")
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None):
+        for _ in train_data:
+            pass
+        return 1.0 / (epoch_idx + 1), []
+
+    def _valid_epoch(self, data):
+        score = self.config.get("curve", [0.1, 0.3, 0.2])[self.epoch]
+        return score, {"recall@20": score}
+
+    def fit(self, train_data, valid_data=None, test_data=None, saved=False, verbose=True):
+        log = logging.getLogger()
+        seed = self.config["seed"][0]
+        if self.config.get("crash"):
+            import os
+            os._exit(7)
+        best = -1
+        for epoch, score in enumerate(self.config.get("curve", [0.1, 0.3, 0.2])):
+            self.epoch = epoch
+            loss, _ = self._train_epoch([1, 2], epoch)
+            log.info("epoch %d training [time: 0.01s, train loss: %.4f]" % (epoch, loss))
+            score, _ = self._valid_epoch(valid_data)
+            if score > best:
+                best, self.cur_step = score, 0
+            else:
+                self.cur_step += 1
+            self.best_valid_score = best
+            self._valid_epoch(test_data)
+            log.info("epoch %d evaluating [time: 0.01s, valid_score: %f]" % (epoch, score))
+        v = self.config.get("v", 0.2) + seed * 0.001
+        t = self.config.get("t", 0.1) + seed * 0.001
+        valid = {"recall@10": v / 2, "recall@20": v, "ndcg@10": v / 4, "ndcg@20": v / 3}
+        test = {"recall@10": t / 2, "recall@20": t, "ndcg@10": t / 4, "ndcg@20": t / 3}
+        return best, valid, test
+
+
+def get_trainer():
+    return Trainer
+'''
+
+
+def make_fake_mmrec(root: Path, models: dict, dataset: str = "toy") -> Path:
+    """``models``: name -> model YAML text. Returns the checkout root."""
+    src = root / "src"
+    for sub in ("utils", "models", "configs/model", "configs/dataset", "common"):
+        (src / sub).mkdir(parents=True, exist_ok=True)
+    (src / "utils" / "quick_start.py").write_text(FAKE_QUICK_START)
+    (src / "utils" / "utils.py").write_text(FAKE_UTILS)
+    (src / "configs" / "overall.yaml").write_text(
+        "seed: [999]\ndata_path: '../data/'\nvalid_metric: Recall@20\nepochs: 1000\nhyper_parameters: [\"seed\"]\n")
+    (src / "configs" / "dataset" / f"{dataset}.yaml").write_text(
+        f"USER_ID_FIELD: userID\ninter_file_name: '{dataset}.inter'\nuser_graph_dict_file: 'user_graph_dict.npy'\n")
+    for name, yaml_text in models.items():
+        (src / "configs" / "model" / f"{name}.yaml").write_text(textwrap.dedent(yaml_text))
+        body = "import not_installed_geometric_pkg\n" if "needs_geometric" in yaml_text else ""
+        if "user_graph" in yaml_text:
+            body += "# reads config['user_graph_dict_file']\n"
+        (src / "models" / f"{name.lower()}.py").write_text(body + f"class {name}:\n    pass\n")
+    data = root / "data" / dataset
+    data.mkdir(parents=True, exist_ok=True)
+    (data / f"{dataset}.inter").write_text(
+        "userID\titemID\tx_label\n0\t0\t0\n0\t1\t0\n1\t1\t0\n1\t2\t0\n2\t0\t0\n0\t2\t1\n1\t0\t2\n")
+    return root
+
+
+MODEL_A = """
+v: [0.3, 0.2]
+t: [0.1, 0.4]
+reg_weight: 1e-04
+hyper_parameters: ["v", "t"]
+"""
+MODEL_B = """
+v: 0.25
+t: 0.2
+n_layers: [1, 2]
+hyper_parameters: ["n_layers"]
+"""
+
+
+def record(model, config, seed, valid, test, status="ok"):
+    """A results-store record of one finished run (dataset "d")."""
+    from mmrec_rearm.experiments.plan import config_id, run_key
+    return {"key": run_key("d", model, config, seed, None), "config_id": config_id("d", model, config, None),
+            "model": model, "config": config, "seed": seed, "epochs": None, "status": status,
+            "valid": valid, "test": test, "best_epoch": 3, "wall_s": 1.0}
+
+
+def fake_run(calls, fail_keys=(), interrupt_at=None):
+    """A stand-in for the launcher's run function: records each key in ``calls``, fails ``fail_keys``,
+    raises KeyboardInterrupt at call number ``interrupt_at``."""
+    def run(spec, extra, on_event):
+        calls.append(spec.key)
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        on_event({"event": "epoch", "epoch": 0, "loss": 1.0, "valid_score": 0.1, "best_epoch": 0,
+                  "best_score": 0.1, "elapsed": 0.1})
+        if spec.key in fail_keys:
+            return {"status": "failed", "message": "missing Python package 'torch_geometric'", "wall_s": 0.1}
+        v = spec.config.get("v", 0.25) + spec.seed * 1e-3
+        t = spec.config.get("t", 0.2)
+        return {"status": "ok", "valid": {"recall@20": v}, "test": {"recall@10": t / 2, "recall@20": t,
+                                                                    "ndcg@10": t / 4, "ndcg@20": t / 3},
+                "best_epoch": 0, "wall_s": 0.1}
+    return run

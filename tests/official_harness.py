@@ -67,10 +67,9 @@ SETTINGS = (BABY, SPORTS)
 _CLASHING_TOP_LEVEL = ("utils", "model", "trainer")
 #: MMRec's top-level packages (its `utils` clashes with the official code's)
 _MMREC_TOP_LEVEL = ("utils", "common", "models")
-# attribute names of the official model's fused homogeneous graphs, assembled at run time: the
-# repository's name check rejects the official identifiers spelled out
-OFFICIAL_USER_GRAPH = "stre_" + "uu_graph"
-OFFICIAL_ITEM_GRAPH = "stre_" + "ii_graph"
+# attribute names of the official model's fused homogeneous graphs
+OFFICIAL_USER_GRAPH = "stre_uu_graph"
+OFFICIAL_ITEM_GRAPH = "stre_ii_graph"
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mmrec_rearm.cli import main as cli_main  # noqa: E402
 from mmrec_rearm.errors import CheckpointError, DatasetError  # noqa: E402
 from mmrec_rearm.experiments.checkpoints import load_checkpoint, read_splits, rebuild_model  # noqa: E402
 from mmrec_rearm.experiments.heatmap import heatmap  # noqa: E402
@@ -25,6 +24,7 @@ from mmrec_rearm.experiments.runner import checkpoint_payload, save_checkpoint  
 from mmrec_rearm.host import ArrayDataLoader  # noqa: E402
 from mmrec_rearm.model.rearm import REARM  # noqa: E402
 from mmrec_rearm.synth import make_demo_dataset  # noqa: E402
+from conftest import PickleBomb, run_cli  # noqa: E402
 
 
 def crafted_file(path: Path, marker: Path) -> Path:
@@ -35,20 +35,6 @@ def crafted_file(path: Path, marker: Path) -> Path:
     path.write_bytes(b"\x80\x02" + b"ccollections\nOrderedDict\n)R" + b"N}X\x01\x00\x00\x00aK\x01s\x86b" + b"0"
                      + b"cos\nsystem\nX" + len(command).to_bytes(4, "little") + command + b"\x85R.")
     return path
-
-
-class Evil:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def run(capsys, *argv) -> tuple:
-    code = cli_main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +58,7 @@ def test_a_crafted_checkpoint_cannot_run_code_even_when_torch_is_told_to_allow_i
     evil = crafted_file(tmp_path / "evil.pt", marker)
     with pytest.raises(CheckpointError, match=r"evil\.pt: not a checkpoint mmrec-rearm can read \(TypeError"):
         load_checkpoint(evil)
-    code, out, err = run(capsys, "recommend", "--checkpoint", evil, "--users", "1")
+    code, out, err = run_cli(capsys, "recommend", "--checkpoint", evil, "--users", "1")
     assert code == 2 and out == "" and err.startswith(f"error: {evil}: not a checkpoint")
     assert not marker.exists()
     assert "weights_only=False" not in err and "trust" not in err
@@ -81,7 +67,7 @@ def test_a_crafted_checkpoint_cannot_run_code_even_when_torch_is_told_to_allow_i
 def test_a_pickled_object_with_code_is_refused_without_unsafe_advice(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "PWNED"
-    torch.save({"format": "mmrec-rearm-checkpoint", "version": 2, "state_dict": Evil(marker)}, tmp_path / "e.pt")
+    torch.save({"format": "mmrec-rearm-checkpoint", "version": 2, "state_dict": PickleBomb(marker)}, tmp_path / "e.pt")
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(tmp_path / "e.pt")
     assert "UnpicklingError" in str(info.value) and "weights_only" not in str(info.value)
@@ -179,12 +165,12 @@ def test_recommend_refuses_a_dataset_with_permuted_user_ids(tiny, tmp_path, caps
     stored = load_checkpoint(tiny.checkpoint)["data_fingerprint"]
     assert str(other) in message and str(tiny.folder) in message and stored[:16] in message
     assert "--allow-other-data" in message
-    code, out, err = run(capsys, "recommend", "--checkpoint", tiny.checkpoint, "--users", "1", "--data-dir", other)
+    code, out, err = run_cli(capsys, "recommend", "--checkpoint", tiny.checkpoint, "--users", "1", "--data-dir", other)
     assert code == 2 and out == "" and err.startswith(f"error: {other} (data fingerprint ")
     with caplog.at_level(logging.WARNING, logger="mmrec_rearm.experiments.checkpoints"):
         rows = recommend(tiny.checkpoint, [1, 2], top_k=3, data_dir=other, allow_other_data=True)
     assert len(rows) == 6 and any("using it anyway" in r.getMessage() for r in caplog.records)
-    assert run(capsys, "recommend", "--checkpoint", tiny.checkpoint, "--users", "1", "--data-dir", other,
+    assert run_cli(capsys, "recommend", "--checkpoint", tiny.checkpoint, "--users", "1", "--data-dir", other,
                "--allow-other-data")[0] == 0
 
 

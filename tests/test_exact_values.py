@@ -1,5 +1,5 @@
 """Exact values of the whole model on a hand-made fixture, against a float64 reference written here
-from the paper's equations (Ma et al., ACM MM 2025, Sec. 4) with plain torch operations, following
+from the paper's equations (Sec. 4) with plain torch operations, following
 docs/choices.md wherever our defaults take the official code's form over the paper's text.
 
 Runs in every CI (no official clone, no MMRec). Fixture: 5 users (user 4 has no training item),

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrec_rearm.cli import main as cli_main
 from mmrec_rearm.data import read_dataset, read_interactions
 from mmrec_rearm.errors import DatasetError
 
-from conftest import REPO_ROOT, locate_mmrec_checkout, mmrec_runtime_problem
+from conftest import locate_mmrec_checkout, mmrec_runtime_problem, PickleBomb, REPO_ROOT, run_cli
 
 INTER = "userID\titemID\tx_label\n0\t0\t0\n0\t1\t0\n1\t1\t0\n1\t2\t0\n2\t0\t0\n2\t2\t0\n0\t2\t1\n1\t0\t2\n"
 
@@ -34,12 +33,6 @@ def toy(tmp_path: Path, name: str = "toy", inter: str = INTER, features: bool = 
     return folder
 
 
-def run(capsys, *argv) -> tuple:
-    code = cli_main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # --------------------------------------------------------------------------------------------
 # defect 8: one stray huge id
 
@@ -51,7 +44,7 @@ def test_one_stray_huge_id_is_a_named_error_quoting_the_line(tmp_path, capsys):
     message = str(info.value)
     assert "line 10 ('100000000\\t1\\t0')" in message and "100000001 users" in message
     assert "3 distinct userID values" not in message or "more than 10x" in message
-    code, out, err = run(capsys, "graphs", folder, "--no-cache")
+    code, out, err = run_cli(capsys, "graphs", folder, "--no-cache")
     assert code == 2 and err.startswith(f"error: {folder / 'toy.inter'}: line 10 ") and "Traceback" not in err
 
 
@@ -68,7 +61,7 @@ def test_ids_with_ordinary_gaps_are_accepted(tmp_path):
 def test_a_text_file_named_npy_gets_its_own_message(tmp_path, capsys):
     folder = toy(tmp_path)
     (folder / "image_feat.npy").write_text("0.1,0.2,0.3,0.4\n0.5,0.6,0.7,0.8\n0.9,1.0,1.1,1.2\n")
-    code, _, err = run(capsys, "graphs", folder, "--no-cache")
+    code, _, err = run_cli(capsys, "graphs", folder, "--no-cache")
     assert code == 2 and "holds text ('0.1,0.2,0.3,0.4'" in err and "np.loadtxt" in err
     assert "pickled" not in err
 
@@ -78,7 +71,7 @@ def test_a_pickle_named_npy_is_refused_without_being_loaded(tmp_path, capsys):
     import pickle
 
     (folder / "image_feat.npy").write_bytes(pickle.dumps(np.zeros((3, 4))))
-    code, _, err = run(capsys, "graphs", folder, "--no-cache")
+    code, _, err = run_cli(capsys, "graphs", folder, "--no-cache")
     assert code == 2 and "it is a Python pickle" in err
 
 
@@ -178,20 +171,12 @@ def test_under_mmrec_missing_features_name_the_files_not_features_all_none(tmp_p
     assert "data/README.md" in out
 
 
-class Evil:
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_under_mmrec_a_pickled_feature_file_is_refused_before_mmrec_unpickles_it(tmp_path):
     """MMRec's GeneralRecommender loads features with allow_pickle=True; REARM checks first."""
     src = mmrec_base_or_skip(tmp_path)
     folder = toy(tmp_path / "data", name="baby")
     marker = tmp_path / "PWNED"
-    np.save(folder / "image_feat.npy", np.array([Evil(str(marker))], dtype=object), allow_pickle=True)
+    np.save(folder / "image_feat.npy", np.array([PickleBomb(str(marker))], dtype=object), allow_pickle=True)
     out = run_host(src, tmp_path / "data")
     assert out.startswith(f"DatasetError: {folder / 'image_feat.npy'}: feature file of vision_feature_file holds object")
     assert not marker.exists()

@@ -115,13 +115,6 @@ def test_rearm_trains_and_evaluates_through_mmrec_quick_start(runnable_clone, mo
 
 TIKTOK = REPO_ROOT.parent / "shared" / "data" / "tiktok"
 TIKTOK_USERS = 300  # users 0..299 with all their rows; includes users without training rows
-# MMRec's own quick_start with a config_dict, as `python main.py` would run it (cwd = src/).
-_RUN_MMREC = """\
-import json, sys
-from utils.quick_start import quick_start
-job = json.loads(sys.argv[1])
-quick_start(model=job["model"], dataset=job["dataset"], config_dict=job["config"], save_model=False)
-"""
 
 
 def write_tiktok_subset(root: Path, folder: Path, n_users: int) -> tuple:
@@ -165,8 +158,10 @@ def test_rearm_on_a_real_tiktok_subset_through_mmrec(runnable_clone, monkeypatch
     # loss turns NaN; the finite losses below show ours handles it (MMRec never evaluates the user).
     assert without_training >= 1
 
-    job = {"model": "REARM", "dataset": "tiktok", "config": {"epochs": 1, "use_gpu": False}}
-    done = subprocess.run([sys.executable, "-c", _RUN_MMREC, json.dumps(job)], cwd=clone / "src",
+    # MMRec's own quick_start with a config_dict, as `python main.py` would run it (cwd = src/)
+    job = {"model": "REARM", "dataset": "tiktok", "config": {"epochs": 1, "use_gpu": False},
+           "single_point": False, "save_model": False}
+    done = subprocess.run([sys.executable, "-c", qs.QUICK_START_SCRIPT, json.dumps(job)], cwd=clone / "src",
                           capture_output=True, text=True, timeout=300)
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-4000:]

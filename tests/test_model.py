@@ -25,12 +25,7 @@ from mmrec_rearm.synth import generate_demo  # noqa: E402
 SMALL = dict(embedding_size=8, rank=2, n_layers=2, learning_rate=1e-2, user_knn_k=10, item_knn_k=5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Demo:
@@ -463,8 +458,8 @@ def test_official_key_map_covers_our_two_modality_model(demo):
     assert len(set(table.values())) == len(table)
     assert table["ly_norm.weight"] == "norm.weight" and table["prl.weight"] == "act.weight"
     assert table["mlp_i2.linear_out.bias"] == "item_meta.second.out.bias"
-    assert table["self" + "_i_attn2.in_proj_weight"] == "self_attn.1.qkv_weight"
-    assert table["mutual" + "_i_attn1.out_proj.bias"] == "cross_attn.0.out_bias"
+    assert table["self_i_attn2.in_proj_weight"] == "self_attn.1.qkv_weight"
+    assert table["mutual_i_attn1.out_proj.bias"] == "cross_attn.0.out_bias"
     assert table["user_t_prefer"] == "user_raw.1.weight"
 
 
@@ -537,18 +532,18 @@ def test_graphs_move_with_the_model_and_stay_out_of_its_state(demo):
 
 
 def test_host_allocator_tuning_only_for_cpu_models(monkeypatch):
-    from mmrec_rearm.model import rearm as rearm_module
+    from mmrec_rearm.model import allocator
     calls = []
-    monkeypatch.setattr(rearm_module, "_use_mmap_for_blocks_from", lambda mb: calls.append(mb) or True)
-    assert rearm_module._tune_host_allocator(torch.device("cuda"), 4.0) is False and calls == []
-    assert rearm_module._tune_host_allocator(torch.device("cpu"), 4.0) is True and calls == [4.0]
+    monkeypatch.setattr(allocator, "use_mmap_for_blocks_from", lambda mb: calls.append(mb) or True)
+    assert allocator.tune_host_allocator(torch.device("cuda"), 4.0) is False and calls == []
+    assert allocator.tune_host_allocator(torch.device("cpu"), 4.0) is True and calls == [4.0]
 
 
 def test_mmap_threshold_setting_defaults_and_applies_on_glibc():
     assert _settings({"dataset": "baby"}).malloc_mmap_threshold_mb == 4.0
     assert _settings({"dataset": "baby", "malloc_mmap_threshold_mb": 0}).malloc_mmap_threshold_mb == 0.0
-    from mmrec_rearm.model import rearm as rearm_module
-    assert rearm_module._use_mmap_for_blocks_from(0) is False  # 0 leaves the allocator alone
+    from mmrec_rearm.model import allocator
+    assert allocator.use_mmap_for_blocks_from(0) is False  # 0 leaves the allocator alone
     import platform
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        assert rearm_module._use_mmap_for_blocks_from(4) is True
+        assert allocator.use_mmap_for_blocks_from(4) is True

@@ -17,19 +17,12 @@ from pathlib import Path
 import pytest
 
 from mmrec_rearm import atomic, graphs
-from mmrec_rearm.cli import main as cli_main
 from mmrec_rearm.errors import OutputError
 from mmrec_rearm.synth import make_demo_dataset
 
-from conftest import REPO_ROOT, mount
+from conftest import mount, REPO_ROOT, run_cli
 
 K = ["--set", "user_knn_k=5", "item_knn_k=3"]
-
-
-def run(capsys, *argv) -> tuple:
-    code = cli_main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -55,7 +48,7 @@ def count_builds(monkeypatch):
 
 
 def test_export_into_a_read_only_folder_fails_before_the_build(dataset, read_only_folder, capsys, count_builds):
-    code, out, err = run(capsys, "graphs", dataset, *K, "--no-cache", "--export", read_only_folder)
+    code, out, err = run_cli(capsys, "graphs", dataset, *K, "--no-cache", "--export", read_only_folder)
     assert code == 2 and out == "" and count_builds == []
     assert err.startswith(f"error: {read_only_folder}: cannot write the exported graphs there (")
     assert err.count("\n") == 1
@@ -68,7 +61,7 @@ def test_recommend_into_a_read_only_folder_fails_before_the_model_is_rebuilt(tmp
     rec = importlib.import_module("mmrec_rearm.experiments.recommend")
 
     monkeypatch.setattr(rec, "rebuild_model", lambda *a, **k: pytest.fail("rebuilt before checking --out"))
-    code, out, err = run(capsys, "recommend", "--checkpoint", tmp_path / "any.pt", "--users", "1",
+    code, out, err = run_cli(capsys, "recommend", "--checkpoint", tmp_path / "any.pt", "--users", "1",
                          "--out", read_only_folder / "recs.csv")
     assert code == 2 and err.startswith(f"error: {read_only_folder}: cannot write the recommendations CSV there")
 
@@ -146,7 +139,7 @@ def test_a_write_error_names_the_path_and_the_fix(tmp_path, monkeypatch):
 def test_compare_refuses_an_unwritable_results_folder_before_any_run(tmp_path, read_only_folder):
     from mmrec_rearm.experiments import compare
 
-    from test_experiments import MODEL_B, make_fake_mmrec
+    from conftest import MODEL_B, make_fake_mmrec
 
     root = make_fake_mmrec(tmp_path / "mmrec", {"B": MODEL_B})
     with pytest.raises(OutputError, match="cannot write run records and tables there"):
@@ -159,7 +152,7 @@ def test_user_graph_into_a_read_only_dataset_folder_is_refused_before_building(t
     folder.mkdir()
     (folder / "shared.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n1\t0\t0\n")
     make_read_only(folder)
-    code, _, err = run(capsys, "user-graph", folder)
+    code, _, err = run_cli(capsys, "user-graph", folder)
     assert code == 2 and err.startswith(f"error: {folder}: cannot write the user graph file there")
 
 

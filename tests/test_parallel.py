@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import real_mmrec_runner_or_skip
-from test_experiments import FAKE_UTILS, MODEL_A, MODEL_B, make_fake_mmrec
+from conftest import FAKE_UTILS, MODEL_A, MODEL_B, make_fake_mmrec
 
 from mmrec_rearm.errors import ConfigError, RunsAbortedError
 from mmrec_rearm.experiments import compare

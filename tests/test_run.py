@@ -31,7 +31,7 @@ from mmrec_rearm.experiments.store import RunStore
 from mmrec_rearm.experiments.tables import report_markdown, table2_markdown
 from mmrec_rearm.modalities import MMREC_DATA_URL
 
-from test_experiments import MODEL_A, make_fake_mmrec, record
+from conftest import MODEL_A, make_fake_mmrec, record
 
 
 # ------------------------------------------------------------------------------------------------

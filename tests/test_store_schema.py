@@ -14,7 +14,7 @@ from mmrec_rearm.experiments.mmrec_config import mmrec_src
 from mmrec_rearm.experiments.plan import build_plan
 from mmrec_rearm.experiments.store import RunStore, record_problems
 
-from test_experiments import MODEL_B, _fake_run, make_fake_mmrec
+from conftest import MODEL_B, fake_run as _fake_run, make_fake_mmrec
 
 
 def complete(store_dir, seeds=3):

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_experiments import make_fake_mmrec
+from conftest import make_fake_mmrec
 
 try:
     import optuna

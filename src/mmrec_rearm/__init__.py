@@ -1,4 +1,9 @@
-"""mmrec-rearm: REARM (Ma et al., ACM MM 2025) as a plug-in model for the MMRec toolbox.
+"""mmrec-rearm: REARM as a plug-in model for the MMRec toolbox.
+
+The paper: Shouxing Ma, Yawen Zeng, Shiqing Wu and Guandong Xu, "Refining Contrastive Learning and
+Homography Relations for Multi-Modal Recommendation", Proceedings of the 33rd ACM International
+Conference on Multimedia (MM '25), 2025, https://doi.org/10.1145/3746027.3755779. Elsewhere in this
+package it is "the paper", cited by equation, section, table and figure number.
 
 ``mmrec_rearm.REARM`` and ``mmrec_rearm.load_official_state_dict`` are resolved on first access,
 so importing the package (e.g. for the CLI, the installer or the graph builders) does not import

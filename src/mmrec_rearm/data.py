@@ -31,9 +31,11 @@ __all__ = [
     "feature_paths",
     "REQUIRED_COLUMNS",
     "TrainingData",
+    "Interactions",
     "read_dataset",
     "read_interactions",
     "training_matrix",
+    "binary_matrix",
     "training_data_from_arrays",
     "validate_features",
 ]
@@ -105,8 +107,35 @@ class TrainingData:
         features: Mapping[str, Optional[np.ndarray]],
         source: Optional[Mapping[str, str]] = None,
     ) -> "TrainingData":
-        """See :func:`training_data_from_arrays`."""
-        return training_data_from_arrays(users, items, n_users, n_items, features, source)
+        """:class:`TrainingData` from training id arrays ``(n,)`` and feature arrays ``(n_items, d_m)``.
+
+        For hosts (MMRec) that already hold the training pairs and the features in memory. A ``None``
+        feature (MMRec's value for a modality without a file) is dropped; at least one must remain.
+        ``source`` is copied as given (paths for fingerprints and messages), empty when omitted.
+        """
+        if not isinstance(features, Mapping):
+            raise DatasetError(
+                f"features must be a mapping modality name -> array, got {type(features).__name__}; "
+                "e.g. {'image': v_feat, 'text': t_feat}."
+            )
+        src = dict(source or {})
+        kept = {}
+        for name, arr in features.items():
+            if arr is None:
+                continue
+            kept[name] = validate_features(name, arr, int(n_items), origin=src.get(name, ""))
+        if not kept:
+            raise DatasetError(
+                f"no feature array given (modalities {list(features)} are all None); REARM needs at "
+                "least one modality's item features."
+            )
+        interactions = training_matrix(users, items, n_users, n_items)
+        if interactions.nnz == 0:
+            raise DatasetError(
+                f"{src.get('inter', 'training arrays')}: the training split is empty; pass at least "
+                "one (user, item) pair."
+            )
+        return cls(int(n_users), int(n_items), interactions, kept, src)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,18 +176,44 @@ def training_matrix(users, items, n_users: int, n_items: int) -> sp.csr_matrix:
     return mat
 
 
+def binary_matrix(matrix) -> sp.csr_matrix:
+    """The 0/1 matrix (same shape, float32 canonical CSR) of a sparse or dense ``(n_users, n_items)``
+    matrix: every stored entry is one interaction, repeated entries count once. See
+    :func:`training_matrix`, which it calls."""
+    coo = sp.coo_matrix(matrix)
+    return training_matrix(coo.row, coo.col, coo.shape[0], coo.shape[1])
+
+
 # --------------------------------------------------------------------------------------------
 # The .inter file
 
 
 @dataclass(frozen=True)
-class _Interactions:
+class Interactions:
+    """The rows of an .inter file (what :func:`read_interactions` returns)."""
+
     users: np.ndarray  # (n_rows,) int64
     items: np.ndarray  # (n_rows,) int64
     labels: np.ndarray  # (n_rows,) int64 in {0, 1, 2}
 
+    @property
+    def n_users(self) -> int:
+        """Max userID over all splits + 1 (MMRec's convention); needs at least one row."""
+        return int(self.users.max()) + 1
 
-def read_interactions(path: PathLike) -> _Interactions:
+    @property
+    def n_items(self) -> int:
+        """Max itemID over all splits + 1; needs at least one row."""
+        return int(self.items.max()) + 1
+
+    def split_matrix(self, label: int) -> sp.csr_matrix:
+        """The 0/1 matrix ``(n_users, n_items)`` of the rows with ``x_label == label`` (0 train,
+        1 valid, 2 test); see :func:`training_matrix`."""
+        rows = self.labels == label
+        return training_matrix(self.users[rows], self.items[rows], self.n_users, self.n_items)
+
+
+def read_interactions(path: PathLike) -> Interactions:
     """Parse and validate the ``userID``, ``itemID``, ``x_label`` columns of an .inter file.
 
     Returns id arrays ``(n_rows,)`` int64 for every row of every split.
@@ -210,7 +265,7 @@ def read_interactions(path: PathLike) -> _Interactions:
         )
     for field, ids in (("userID", users), ("itemID", items)):
         _check_id_range(path, body, starts, ends, line_no, field, ids)
-    return _Interactions(users=users, items=items, labels=labels)
+    return Interactions(users=users, items=items, labels=labels)
 
 
 #: Ids may leave gaps (MMRec sizes its tables by the largest id + 1), but not this many: a count
@@ -284,10 +339,8 @@ def read_dataset(
     parsed = read_interactions(inter_path)
     if parsed.users.size == 0:
         raise DatasetError(f"{inter_path}: no interaction rows below the header; the file is empty.")
-    n_users = int(parsed.users.max()) + 1
-    n_items = int(parsed.items.max()) + 1
-    train = parsed.labels == 0
-    if not train.any():
+    n_users, n_items = parsed.n_users, parsed.n_items
+    if not (parsed.labels == 0).any():
         counts = {name: int((parsed.labels == k).sum()) for k, name in _SPLIT_NAMES.items()}
         raise DatasetError(
             f"{inter_path}: column 'x_label' has no row with value 0 (training split empty; rows "
@@ -299,7 +352,7 @@ def read_dataset(
     for name, path in feature_paths(folder, features).items():
         loaded[name] = load_feature_file(name, path, n_items)
         source[name] = os.path.abspath(path)
-    interactions = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
+    interactions = parsed.split_matrix(0)
     return TrainingData(n_users, n_items, interactions, loaded, source)
 
 
@@ -346,40 +399,5 @@ def feature_paths(folder: Path, features: Optional[Mapping[str, PathLike]]) -> d
     return present
 
 
-def training_data_from_arrays(
-    users,
-    items,
-    n_users: int,
-    n_items: int,
-    features: Mapping[str, Optional[np.ndarray]],
-    source: Optional[Mapping[str, str]] = None,
-) -> TrainingData:
-    """:class:`TrainingData` from training id arrays ``(n,)`` and feature arrays ``(n_items, d_m)``.
-
-    For hosts (MMRec) that already hold the training pairs and the features in memory. A ``None``
-    feature (MMRec's value for a modality without a file) is dropped; at least one must remain.
-    ``source`` is copied as given (paths for fingerprints and messages), empty when omitted.
-    """
-    if not isinstance(features, Mapping):
-        raise DatasetError(
-            f"features must be a mapping modality name -> array, got {type(features).__name__}; "
-            "e.g. {'image': v_feat, 'text': t_feat}."
-        )
-    src = dict(source or {})
-    kept = {}
-    for name, arr in features.items():
-        if arr is None:
-            continue
-        kept[name] = validate_features(name, arr, int(n_items), origin=src.get(name, ""))
-    if not kept:
-        raise DatasetError(
-            f"no feature array given (modalities {list(features)} are all None); REARM needs at "
-            "least one modality's item features."
-        )
-    interactions = training_matrix(users, items, n_users, n_items)
-    if interactions.nnz == 0:
-        raise DatasetError(
-            f"{src.get('inter', 'training arrays')}: the training split is empty; pass at least "
-            "one (user, item) pair."
-        )
-    return TrainingData(int(n_users), int(n_items), interactions, kept, src)
+#: :meth:`TrainingData.from_arrays` as a function.
+training_data_from_arrays = TrainingData.from_arrays

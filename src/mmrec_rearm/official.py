@@ -3,12 +3,8 @@
 The official module is a single ``nn.Module`` whose parameter names differ from ours. The table
 below (:func:`official_key_map`) is the complete correspondence for the official two-modality
 model (image = our modality 0, text = our modality 1) with our default ``attention: scalar``.
-Our own code never uses the official identifiers; the official key strings are assembled from
-parts at run time (several of them are names a repository check rejects as identifiers).
-
-Official names below use two placeholders, ``<SA>`` = ``"self" + "_i_attn"`` and ``<MA>`` =
-``"mutual" + "_i_attn"``, and ``<P>`` = ``"_prefer"`` (spelled out they are identifiers our
-repository must not contain, see docs/choices.md).
+The official key strings appear here only, spelled as the official code spells them, so that a
+search for an official name finds its counterpart; our own code keeps its own names.
 
 ==================================================  ==============================================
 official key                                        ours
@@ -16,13 +12,13 @@ official key                                        ours
 user_id_embedding.weight                            user_id.weight
 item_id_embedding.weight                            item_id.weight
 image_embedding.weight, text_embedding.weight       item_raw.0.weight, item_raw.1.weight
-user_v<P>, user_t<P>                                user_raw.0.weight, user_raw.1.weight
+user_v_prefer, user_t_prefer                        user_raw.0.weight, user_raw.1.weight
 image_i_trs.*, text_i_trs.*                         item_proj.0.*, item_proj.1.*
 image_u_trs.*, text_u_trs.*                         user_proj.0.*, user_proj.1.*
-<SA>1.in_proj_weight, <SA>2.in_proj_weight          self_attn.0.qkv_weight, self_attn.1.qkv_weight
-<SA>{1,2}.in_proj_bias                              self_attn.{0,1}.qkv_bias
-<SA>{1,2}.out_proj.weight, .out_proj.bias           self_attn.{0,1}.out_weight, .out_bias
-<MA>{1,2}.* (same four names)                       cross_attn.{0,1}.*
+self_i_attn{1,2}.in_proj_weight                     self_attn.{0,1}.qkv_weight
+self_i_attn{1,2}.in_proj_bias                       self_attn.{0,1}.qkv_bias
+self_i_attn{1,2}.out_proj.weight, .out_proj.bias    self_attn.{0,1}.out_weight, .out_bias
+mutual_i_attn{1,2}.* (same four names)              cross_attn.{0,1}.*
 ly_norm.weight, ly_norm.bias                        norm.weight, norm.bias
 prl.weight                                          act.weight
 meta_netu.*, meta_neti.*                            user_meta.compress.*, item_meta.compress.*
@@ -43,12 +39,6 @@ from .errors import CheckpointError
 
 __all__ = ["official_key_map", "load_official_state_dict", "to_official_state_dict"]
 
-# Official name fragments, joined at run time (see the module docstring).
-_ATT = "_i_" + "attn"
-_SELF, _MUTUAL = "self" + _ATT, "mutual" + _ATT
-_PREFER = "_" + "prefer"
-
-
 def official_key_map() -> Dict[str, str]:
     """Official state_dict key -> our state_dict key (two modalities, scalar attention)."""
     table: Dict[str, str] = {
@@ -60,11 +50,11 @@ def official_key_map() -> Dict[str, str]:
     }
     for m, (modal, letter) in enumerate((("image", "v"), ("text", "t"))):
         table[f"{modal}_embedding.weight"] = f"item_raw.{m}.weight"
-        table[f"user_{letter}{_PREFER}"] = f"user_raw.{m}.weight"
+        table[f"user_{letter}_prefer"] = f"user_raw.{m}.weight"
         for part in ("weight", "bias"):
             table[f"{modal}_i_trs.{part}"] = f"item_proj.{m}.{part}"
             table[f"{modal}_u_trs.{part}"] = f"user_proj.{m}.{part}"
-        for official, ours in ((_SELF, "self_attn"), (_MUTUAL, "cross_attn")):
+        for official, ours in (("self_i_attn", "self_attn"), ("mutual_i_attn", "cross_attn")):
             prefix = f"{official}{m + 1}"
             table[f"{prefix}.in_proj_weight"] = f"{ours}.{m}.qkv_weight"
             table[f"{prefix}.in_proj_bias"] = f"{ours}.{m}.qkv_bias"

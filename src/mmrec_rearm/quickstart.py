@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Dict, List, Mapping, Optional, TextIO, Tuple, Union
 from . import processes
 from .errors import InstallError, Interrupted
 from .hints import command
+from .mmrec_output import metric_pairs
 from .install import (MODEL_SHIMS, Report, check_placeable, data_root, find_checkout, marked, place_files,
                       planned_files)
 
@@ -64,7 +64,6 @@ class QuickstartResult:
         return self.summary()
 
 
-_METRIC = re.compile(r"([A-Za-z0-9_]+@\d+):\s*(-?[0-9.]+(?:[eE][-+]?\d+)?)")
 _BEST = "█ BEST █"
 
 
@@ -95,7 +94,7 @@ def parse_final_metrics(output: str) -> Tuple[Dict[str, float], Dict[str, float]
         raise InstallError("MMRec's final 'BEST' block lacks its 'Valid:' or 'Test:' line")
 
     def metrics(text: str) -> Dict[str, float]:
-        return {key.lower(): float(value) for key, value in _METRIC.findall(text)}
+        return {key.lower(): value for key, value in metric_pairs(text).items()}
 
     return metrics(found["Valid:"]), metrics(found["Test:"]), parameters
 
@@ -123,10 +122,12 @@ def place_demo_dataset(mmrec_dir: PathLike, name: str = "rearm_demo", n_users: i
     return folder
 
 
-# Runs inside MMRec's src/. With single_point, every hyper-parameter list MMRec would grid over is
-# cut to its first value (MMRec's own Config reads the YAMLs, so its float parsing applies).
-# Ctrl-C ends it quietly: the parent reports the interruption in one line.
-_RUNNER = """\
+#: ``python -c QUICK_START_SCRIPT JOB`` in MMRec's ``src/`` runs MMRec's own ``quick_start`` as
+#: ``python main.py`` would. ``JOB`` (JSON): ``model``, ``dataset``, ``config`` (its config_dict),
+#: ``single_point`` (cut every hyper-parameter list MMRec would grid over to its first value; MMRec's
+#: own Config reads the YAMLs, so its float parsing applies) and ``save_model`` (default true).
+#: Ctrl-C ends it quietly: the parent reports the interruption in one line.
+QUICK_START_SCRIPT = """\
 import json, sys
 try:
     from utils.configurator import Config
@@ -139,7 +140,8 @@ try:
             if name not in config:
                 value = probe[name]
                 config[name] = [value[0]] if isinstance(value, list) and value else [value]
-    quick_start(model=job["model"], dataset=job["dataset"], config_dict=config, save_model=True)
+    quick_start(model=job["model"], dataset=job["dataset"], config_dict=config,
+                save_model=job.get("save_model", True))
 except KeyboardInterrupt:
     sys.exit(130)
 """
@@ -207,7 +209,7 @@ def quickstart(
     tail: collections.deque = collections.deque(maxlen=_TAIL_LINES)
     captured: List[str] = []
     try:
-        process = processes.start([python, "-c", _RUNNER, json.dumps(job)], cwd=root / "src",
+        process = processes.start([python, "-c", QUICK_START_SCRIPT, json.dumps(job)], cwd=root / "src",
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   encoding="utf-8", errors="replace", env=env)
     except OSError as exc:

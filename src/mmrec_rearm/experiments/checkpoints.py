@@ -99,16 +99,13 @@ class Splits:
 def read_splits(folder: PathLike, inter_file: Optional[str] = None) -> Splits:
     """Train and test interactions of ``folder/<inter_file>`` (default ``<folder name>.inter``).
     Counts are max id over all splits + 1, as MMRec computes them."""
-    from ..data import read_interactions, training_matrix
+    from ..data import read_interactions
 
     folder = Path(folder)
     parsed = read_interactions(folder / (inter_file or f"{folder.name}.inter"))
     if parsed.users.size == 0:
         raise DatasetError(f"{folder / (inter_file or folder.name + '.inter')}: no interaction rows.")
-    n_users, n_items = int(parsed.users.max()) + 1, int(parsed.items.max()) + 1
-    train, test = parsed.labels == 0, parsed.labels == 2
-    return Splits(n_users, n_items, training_matrix(parsed.users[train], parsed.items[train], n_users, n_items),
-                  training_matrix(parsed.users[test], parsed.items[test], n_users, n_items))
+    return Splits(parsed.n_users, parsed.n_items, parsed.split_matrix(0), parsed.split_matrix(2))
 
 
 class _MMRecLikeConfig(dict):

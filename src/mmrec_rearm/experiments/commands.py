@@ -12,6 +12,7 @@ import sys
 from ..errors import ConfigError
 from .compare import compare
 from .datasets import convert_official_splits, detect_feature_files, write_dataset_yaml
+from .run_command import add_checkout_and_dataset
 from .user_graph import DEFAULT_NEIGHBOURS, make_user_graph_dict
 
 
@@ -81,8 +82,7 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
         "compare", help="run models side by side through MMRec; Table 2 with validation-only selection",
         description="Run every (model, configuration, seed) through MMRec's quick_start, one process each. "
                     "Finished runs are kept in RESULTS/DATASET/runs.jsonl; rerunning resumes.")
-    p.add_argument("--mmrec", required=True, help="MMRec checkout (or its src folder)")
-    p.add_argument("-d", "--dataset", required=True, help="dataset name (MMRec's configs/dataset/NAME.yaml)")
+    add_checkout_and_dataset(p)
     p.add_argument("-m", "--models", nargs="+", required=True, help="MMRec model names, e.g. REARM LightGCN FREEDOM")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds: 999, 1000, ... (default 1)")
     p.add_argument("--seed-list", type=int, nargs="+", help="explicit seeds instead of --seeds")
@@ -133,7 +133,7 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# ablate, sensitivity, heatmap, recommend (issue 4, points 3 and 5). Their modules are imported by the
+# ablate, sensitivity, heatmap, recommend. Their modules are imported by the
 # handlers, so that building the parser stays as light as before.
 
 
@@ -325,8 +325,7 @@ def _add_tune_subcommand(subparsers: "argparse._SubParsersAction") -> None:
                     "its objective MMRec's validation metric; per-epoch validation feeds the pruner. Rerun to "
                     "continue; start more workers with the same --storage and --study to scale out. Writes "
                     "RESULTS/DATASET/tune/STUDY.md and PNG figures.")
-    t.add_argument("--mmrec", required=True, help="MMRec checkout (or its src folder)")
-    t.add_argument("-d", "--dataset", required=True, help="dataset name (MMRec's configs/dataset/NAME.yaml)")
+    add_checkout_and_dataset(t)
     t.add_argument("-m", "--model", required=True, help="MMRec model name, e.g. REARM or LightGCN")
     t.add_argument("--trials", type=int, required=True, help="complete + pruned trials the study ends with")
     t.add_argument("--epochs", type=int, help="epoch budget of every trial (default: the YAML's)")

@@ -11,31 +11,22 @@ Everything here is read-only on the checkout and needs only PyYAML.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
 import yaml
 
 from ..errors import ConfigError
+from ..mmrec_yaml import load_mmrec_yaml
 from ..hints import command
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class _MMRecYamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads exponent-only numbers (``1e-04``) as floats, like MMRec."""
-
-
-# YAML 1.1 only accepts an exponent after a dot ("1.0e-4"); MMRec's grids are written "1e-04".
-_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
-_MMRecYamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
-
-
 def parse_yaml_text(text: str, where: str = "<text>") -> Any:
     """Parse YAML with MMRec's number rules; ``where`` names the source in error messages."""
     try:
-        return yaml.load(text, Loader=_MMRecYamlLoader)
+        return load_mmrec_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({exc}); fix the syntax.") from exc
 

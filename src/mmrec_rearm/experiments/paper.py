@@ -1,4 +1,4 @@
-"""Published numbers of the REARM paper (Ma et al., ACM MM 2025), Table 2, as data.
+"""Published numbers of the REARM paper, Table 2, as data.
 
 Top-k results on the test split, columns R@10, R@20, N@10, N@20, for the three Amazon
 datasets. Shown beside our own numbers; they are never used for any selection.

@@ -18,6 +18,13 @@ def run_single(args: argparse.Namespace) -> int:
     return 0 if record is None or record.get("status") == "ok" else 1
 
 
+def add_checkout_and_dataset(parser: argparse.ArgumentParser, **mmrec_options) -> None:
+    """The ``--mmrec`` and ``-d/--dataset`` arguments (both required) of the commands that run MMRec
+    (run, compare, tune); ``mmrec_options`` go to ``--mmrec`` (e.g. ``metavar``)."""
+    parser.add_argument("--mmrec", required=True, help="MMRec checkout (or its src folder)", **mmrec_options)
+    parser.add_argument("-d", "--dataset", required=True, help="dataset name (MMRec's configs/dataset/NAME.yaml)")
+
+
 def add_run_subcommand(subparsers: "argparse._SubParsersAction") -> None:
     r = subparsers.add_parser(
         "run", help="train one MMRec model once, with overrides, live progress and resume",
@@ -26,8 +33,7 @@ def add_run_subcommand(subparsers: "argparse._SubParsersAction") -> None:
                     "named loss, the validation metric). The training state is saved after every epoch: "
                     "after an interruption, the same command continues from the last finished epoch. The "
                     "record goes to RESULTS/DATASET/runs.jsonl, shared with compare.")
-    r.add_argument("--mmrec", required=True, metavar="DIR", help="MMRec checkout (or its src folder)")
-    r.add_argument("-d", "--dataset", required=True, help="dataset name (MMRec's configs/dataset/NAME.yaml)")
+    add_checkout_and_dataset(r, metavar="DIR")
     r.add_argument("-m", "--model", default="REARM", help="MMRec model name (default REARM)")
     r.add_argument("--epochs", type=int, help="epoch budget (default: the YAML's; early stopping as configured)")
     r.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",

@@ -76,6 +76,7 @@ def _sibling(name: str, package: str = "experiments"):
 
 atomic = _sibling("atomic", package="")
 checkpoint_format = _sibling("checkpoint_format")
+mmrec_output = _sibling("mmrec_output", package="")
 _events = _sibling("runner_events")
 _state = _sibling("runner_state")
 _fixes = _sibling("runner_fixes")
@@ -83,7 +84,7 @@ _checkpoint = _sibling("runner_checkpoint")
 
 PROGRESS_PREFIX = _events.PROGRESS_PREFIX
 emit = _events.emit
-parse_final_lines = _events.parse_final_lines
+parse_final_lines = mmrec_output.parse_final_lines
 CPU_PARAMETER_FIXES = _fixes.CPU_PARAMETER_FIXES
 HOST_FIXES_ENV = _fixes.HOST_FIXES_ENV
 unregister_cpu_parameters = _fixes.unregister_cpu_parameters

@@ -24,15 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import sys
 import time
 
 PROGRESS_PREFIX = "@@mmrec-rearm "
 #: Seconds between two ``batch`` events of one epoch (the last batch is always reported).
 BATCH_EVERY_S = 0.5
-
-_METRIC_PAIR = re.compile(r"([A-Za-z]+@\d+): ([-+0-9.eE]+)")
 
 
 def emit(event: dict) -> None:
@@ -182,19 +179,3 @@ def log_file():
         if isinstance(handler, logging.FileHandler):
             return handler.baseFilename
     return None
-
-
-def parse_final_lines(text: str):
-    """(valid, test) metric dicts from the last "best valid result:" line of an MMRec log and the
-    first single-line "test result:" after it; (None, None) when absent. Values have 4 decimals."""
-    lines = text.splitlines()
-    for index in range(len(lines) - 1, -1, -1):
-        if "best valid result: " in lines[index]:
-            valid = dict((k, float(v)) for k, v in _METRIC_PAIR.findall(lines[index].split("best valid result: ", 1)[1]))
-            for later in lines[index + 1:]:
-                if "test result: " in later:
-                    pairs = _METRIC_PAIR.findall(later.split("test result: ", 1)[1])
-                    if pairs:
-                        return valid, dict((k, float(v)) for k, v in pairs)
-            return valid, None
-    return None, None

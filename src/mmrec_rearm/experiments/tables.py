@@ -37,6 +37,19 @@ def _fmt(value: Optional[float], digits: int = 4) -> str:
     return DASH if value is None else f"{value:.{digits}f}"
 
 
+def _table_head(first: str, paper_labels: Sequence[str]) -> List[str]:
+    """Header and separator lines of a results table: ``first``, each metric of
+    :data:`TABLE_METRICS` (followed by its published value where its label is in
+    ``paper_labels``), then the seed count."""
+    header = [first]
+    for label, _ in TABLE_METRICS:
+        header.append(label)
+        if label in paper_labels:
+            header.append(f"{label} (paper)")
+    header.append("seeds")
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+
+
 def _cell(summary: ModelSummary, metric: str) -> str:
     chosen = summary.selected
     if chosen is None or chosen.mean("test", metric) is None:
@@ -68,13 +81,7 @@ def table2_markdown(dataset: str, summaries: Mapping[str, ModelSummary], models:
     """The Table 2 block alone (header, separator, one row per model)."""
     order = row_order(models, target)
     with_paper = has_paper_numbers(dataset)
-    header = ["Model"]
-    for label, _ in TABLE_METRICS:
-        header.append(label)
-        if with_paper:
-            header.append(f"{label} (paper)")
-    header.append("seeds")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = _table_head("Model", [label for label, _ in TABLE_METRICS] if with_paper else [])
     ranks = {metric: _ranks(summaries, order, metric) for _, metric in TABLE_METRICS}
     for model in order:
         summary = summaries[model]
@@ -260,13 +267,7 @@ def variants_markdown(labels: Sequence[str], summaries: Mapping[str, ModelSummar
     each of our columns that the paper reports (Table 3: R@20 and N@20 only)."""
     paper = paper or {}
     with_paper = _paper_labels(paper)
-    header = [first]
-    for label, _ in TABLE_METRICS:
-        header.append(label)
-        if label in with_paper:
-            header.append(f"{label} (paper)")
-    header.append("seeds")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = _table_head(first, with_paper)
     ranks = {metric: _ranks(summaries, labels, metric) for _, metric in TABLE_METRICS}
     for name in labels:
         summary = summaries[name]

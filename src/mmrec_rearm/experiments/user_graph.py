@@ -25,7 +25,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 import scipy.sparse as sp
 
-from ..data import read_interactions, training_matrix
+from ..data import read_interactions
 from ..errors import DatasetError
 from ..graphs import cooccurrence_counts_topk
 from .mmrec_config import dataset_folder, merged_config, mmrec_src
@@ -79,10 +79,7 @@ def make_user_graph_dict(folder: PathLike, dataset: Optional[str] = None, *, k: 
     parsed = read_interactions(inter_path)
     if parsed.users.size == 0:
         raise DatasetError(f"{inter_path}: no interaction rows; cannot build the user co-occurrence graph.")
-    n_users, n_items = int(parsed.users.max()) + 1, int(parsed.items.max()) + 1
-    train = parsed.labels == 0
-    matrix = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
-    graph = cooccurrence_neighbours(matrix, k)
+    graph = cooccurrence_neighbours(parsed.split_matrix(0), k)
     target = folder / (file_name or "user_graph_dict.npy")
     with atomic_open(target, "wb", what="the user graph file") as handle:
         np.save(handle, graph, allow_pickle=True)  # MMRec's format: a pickled dict (we write it; MMRec reads it)

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import binary_matrix
+
 __all__ = [
     "to_torch_csr",
     "SparseGraph",
@@ -31,8 +33,8 @@ __all__ = [
 ]
 
 # Elements of the (rows, d, d) attention tensors handled at once (128 rows at d = 64, 2 MB of
-# float32): small enough for a chunk's temporaries to stay in the CPU cache (measured 2-3x faster
-# than 4096-row chunks on 2 cores), large enough for the batched kernels to stay efficient.
+# float32): small enough for a chunk's temporaries to stay in the CPU cache, large enough for the
+# batched kernels to stay efficient (measurement: docs/choices.md, "attention form").
 ATTENTION_CHUNK_ELEMENTS = 1 << 19
 # On a GPU there is no cache to fit and every chunk costs kernel launches: larger chunks.
 ATTENTION_CHUNK_ELEMENTS_GPU = 1 << 25
@@ -164,10 +166,7 @@ def normalized_interaction_graph(interactions: sp.spmatrix) -> sp.csr_matrix:
     ``1 / sqrt(|N_u| |N_i|)`` (the paper's lambda_n). A node without edges keeps an empty row
     (the official code adds 1e-7 to the degree for the same effect).
     """
-    r = sp.csr_matrix(interactions, dtype=np.float32)
-    r.sum_duplicates()
-    r.data[:] = 1.0
-    r.eliminate_zeros()
+    r = binary_matrix(interactions)
     n_users, n_items = r.shape
     adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     adj.resize((n_users + n_items, n_users + n_items))

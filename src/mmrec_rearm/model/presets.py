@@ -18,7 +18,6 @@ Rule (:func:`resolve`), per key of :data:`PRESET_KEYS`:
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -70,20 +69,6 @@ class ResolvedSettings:
     origin: Dict[str, str] = field(default_factory=dict)  # key -> "config" | "dataset yaml" | "preset"
 
 
-# MMRec's YAML loader also reads exponent-only numbers ("1e-4") as floats; plain YAML does not.
-_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
-
-
-def _yaml_loader():
-    import yaml
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
-    return _Loader
-
-
 def read_dataset_yaml(dataset: Optional[str], configs_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
     """The mapping in ``<configs_dir>/dataset/<dataset>.yaml`` (``configs_dir`` default: MMRec's
     ``<cwd>/configs``), or ``{}`` when there is no such file or it cannot be parsed (MMRec itself
@@ -95,9 +80,9 @@ def read_dataset_yaml(dataset: Optional[str], configs_dir: Optional[os.PathLike]
     if not path.is_file():
         return {}
     try:
-        import yaml
+        from ..mmrec_yaml import load_mmrec_yaml
 
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        data = load_mmrec_yaml(path.read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001 - unreadable here means: no dataset-level values
         return {}
     return data if isinstance(data, dict) else {}

@@ -1,11 +1,16 @@
-"""A table of raw modal vectors, held in row blocks so that optimizer temporaries stay block-sized
-(the trainable item / user raw feature tables of REARM's eq. 3)."""
+"""The raw modal tables of REARM's eq. 3: :class:`RawTable` (the trainable item / user raw feature
+tables, held in row blocks so that optimizer temporaries stay block-sized) and the users' initial
+rows, the mean of their training items' features (:func:`users_mean_features`)."""
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
-__all__ = ["RawTable"]
+from .layers import to_torch_csr
+
+__all__ = ["RawTable", "users_mean_features"]
 
 
 def _row_block(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -98,3 +103,14 @@ class RawTable(nn.Module):
     def extra_repr(self) -> str:
         blocks = f", blocks={len(self.blocks)}" if self.trainable else ""
         return f"{self.shape}, trainable={self.trainable}{blocks}"
+
+
+def users_mean_features(inter: sp.csr_matrix, item_values: torch.Tensor) -> torch.Tensor:
+    """Each user's mean over its training items' raw vectors (the paper's u_m of Sec. 4.1):
+    (n_users, n_items) 0/1 x (n_items, d_m) -> (n_users, d_m). A user without training items gets
+    zeros (the official code divides 0 by 0 and gets NaN)."""
+    counts = np.asarray(inter.sum(axis=1)).ravel()
+    inv = np.zeros(counts.shape, dtype=np.float32)
+    inv[counts > 0] = 1.0 / counts[counts > 0]
+    weights = (sp.diags(inv) @ inter).tocsr()
+    return (to_torch_csr(weights, item_values.device) @ item_values).contiguous()

@@ -1,4 +1,4 @@
-"""REARM (Ma et al., ACM MM 2025) as an MMRec ``GeneralRecommender``: the wiring of Sec. 4.
+"""REARM as an MMRec ``GeneralRecommender``: the network of the paper's Sec. 4 and its MMRec interface.
 
 Data flow of one pass (``N = n_users + n_items``, ``d`` = embedding_size, ``M`` modalities)::
 
@@ -16,31 +16,32 @@ Data flow of one pass (``N = n_users + n_items``, ``d`` = embedding_size, ``M`` 
     losses: eq. 21 BPR, eq. 12 InfoNCE, eq. 17 orthogonality, eq. 22 total.
 
 Every place where the defaults follow the official code rather than the paper's text, and every
-switch, is listed in docs/choices.md ("Model (issue 3)").
+switch, is listed in docs/choices.md ("Model").
 """
 from __future__ import annotations
 
-import ctypes
+import functools
 import logging
 import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.nn.functional import normalize
 
+from ..data import binary_matrix
 from ..errors import ConfigError, DatasetError
 from ..host import BaseRecommender, config_value, dataset_folder
 from ..features import load_feature_file
 from ..modalities import check_feature_files, selected_modalities
 from . import decay
-from . import layers as L
+from .allocator import return_free_heap_to_os, tune_host_allocator
+from .layers import (MatrixAttention, MetaNetwork, ScalarAttention, SparseGraph, homogeneous_propagation,
+                     lightgcn, normalized_interaction_graph)
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
-from .raw_table import RawTable
+from .raw_table import RawTable, users_mean_features
 from .presets import RearmSettings, describe, read_settings
 
 __all__ = ["REARM", "RawTable", "build_homogeneous_graphs"]
@@ -58,62 +59,6 @@ def build_homogeneous_graphs(data, graph_settings: Dict[str, Any], cache_dir: An
                          progress=lambda msg: logger.debug("REARM graphs: %s", msg))
 
 
-def _binary_csr(matrix) -> sp.csr_matrix:
-    m = sp.csr_matrix(matrix, dtype=np.float32)
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    m.eliminate_zeros()
-    return m
-
-
-def _use_mmap_for_blocks_from(megabytes: float) -> bool:
-    """Make glibc serve every allocation of at least ``megabytes`` MB by its own mmap (``mallopt(
-    M_MMAP_THRESHOLD)``), so it is returned to the OS as soon as it is freed. -> whether it applied.
-
-    Why: each training step allocates and frees hundreds of 4-32 MB activation and gradient
-    blocks; glibc's default threshold grows to 32 MB after the first such free, after which these
-    blocks are carved from the heap and the heap's high-water mark stays in the process's memory
-    (Baby: about 0.4 GB). The setting is process-wide and lasts for the process (MMRec runs one
-    model per process); the cost is fresh zeroed pages per block (Baby: 3.34 -> 3.04 GB peak, 1.93 -> 2.43 s per batch)."""
-    if megabytes <= 0 or not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(megabytes * (1 << 20))))  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
-def _return_free_heap_to_os() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``; elsewhere a no-op).
-
-    Building the graphs frees a few hundred MB in blocks below glibc's mmap threshold (the item
-    Gram matrix, kNN candidates); glibc keeps those in the heap, where they would count in the
-    process's memory for the whole run."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc without malloc_trim
-        pass
-
-
-def _tune_host_allocator(device: torch.device, mmap_threshold_mb: float) -> bool:
-    """The glibc tuning above, for a model that trains on the CPU only: a GPU model's step blocks
-    are device memory, which the host allocator never sees. -> whether the mmap threshold applied."""
-    return device.type == "cpu" and _use_mmap_for_blocks_from(mmap_threshold_mb)
-
-
-def _mean_of_items(inter: sp.csr_matrix, item_values: torch.Tensor) -> torch.Tensor:
-    """Each user's mean over its training items' raw vectors (the paper's u_m of Sec. 4.1):
-    (n_users, n_items) 0/1 x (n_items, d_m) -> (n_users, d_m). A user without training items gets
-    zeros (the official code divides 0 by 0 and gets NaN)."""
-    counts = np.asarray(inter.sum(axis=1)).ravel()
-    inv = np.zeros(counts.shape, dtype=np.float32)
-    inv[counts > 0] = 1.0 / counts[counts > 0]
-    weights = (sp.diags(inv) @ inter).tocsr()
-    return (L.to_torch_csr(weights, item_values.device) @ item_values).contiguous()
-
-
 class REARM(BaseRecommender):
     """REARM for MMRec: ``REARM(config, dataloader)``; MMRec's trainer calls ``calculate_loss`` per
     training batch (a (3, b) LongTensor: users, positive items, negative items) and
@@ -126,59 +71,60 @@ class REARM(BaseRecommender):
     loss_names = ("bpr", "cl", "ort", "reg")
 
     def __init__(self, config: Any, dataloader: Any):
-        get = lambda key, default=None: config_value(config, key, default)  # noqa: E731
-        s: RearmSettings = read_settings(config, get)
+        config_key = functools.partial(config_value, config)  # (key, default=None) -> value
+        settings: RearmSettings = read_settings(config, config_key)
         # before the host's constructor, which loads the feature files itself (MMRec: with pickle
         # allowed, and a bare assertion when none exists)
-        check_feature_files(lambda key: config_value(config, key), dataset_folder(config), s.modalities,
-                            s.extra_feature_files, dataset=str(get("dataset", "")))
+        check_feature_files(config_key, dataset_folder(config), settings.modalities,
+                            settings.extra_feature_files, dataset=str(config_key("dataset", "")))
         super().__init__(config, dataloader)
-        self.settings = s
-        logger.info(describe(s.preset, s.dataset))
-        logger.info(s.summary())
-        self._check_weight_decay(s)
+        self.settings = settings
+        logger.info(describe(settings.preset, settings.dataset))
+        logger.info(settings.summary())
+        self._check_weight_decay(settings)
 
         device = torch.device(self.device) if self.device is not None else torch.device("cpu")
-        if _tune_host_allocator(device, s.malloc_mmap_threshold_mb):
-            logger.info("REARM: allocations >= %s MB use mmap (malloc_mmap_threshold_mb)", s.malloc_mmap_threshold_mb)
-        inter = _binary_csr(dataloader.inter_matrix(form="coo"))
-        if inter.shape != (self.n_users, self.n_items):
-            raise DatasetError(f"interaction matrix has shape {inter.shape}, expected "
+        if tune_host_allocator(device, settings.malloc_mmap_threshold_mb):
+            logger.info("REARM: allocations >= %s MB use mmap (malloc_mmap_threshold_mb)", settings.malloc_mmap_threshold_mb)
+        host_inter = dataloader.inter_matrix(form="coo")
+        if host_inter.shape != (self.n_users, self.n_items):
+            raise DatasetError(f"interaction matrix has shape {host_inter.shape}, expected "
                                f"(n_users={self.n_users}, n_items={self.n_items})")
-        names, feats = self._modal_features(config, s)
+        inter = binary_matrix(host_inter)
+        names, feats = self._modal_features(config, settings)
         logger.info("REARM modalities: %s", ", ".join(f"{n} ({f.shape[1]}-d)" for n, f in zip(names, feats)))
         self.modality_names: Tuple[str, ...] = tuple(names)
         n_mod = len(feats)
-        d = s.embedding_size
+        d = settings.embedding_size
         self.embedding_size, self.n_modalities = d, n_mod
 
         # ---- graphs (built once, or read from the cache) -----------------------------------
         t0 = time.perf_counter()
-        graphs, hit = self._graphs(config, s, inter, names, feats)
+        graphs, hit = self._graphs(config, settings, inter, names, feats)
         logger.info("REARM graphs %s in %.2f s", "read from the cache" if hit else "built", time.perf_counter() - t0)
-        self.user_graph = L.SparseGraph(graphs.user_homogeneous, device) if s.use_user_graph else None
-        self.item_graph = L.SparseGraph(graphs.item_homogeneous, device) if s.use_item_graph else None
-        self.interaction_graph = L.SparseGraph(L.normalized_interaction_graph(inter), device)
+        self.user_graph = SparseGraph(graphs.user_homogeneous, device) if settings.use_user_graph else None
+        self.item_graph = SparseGraph(graphs.item_homogeneous, device) if settings.use_item_graph else None
+        self.interaction_graph = SparseGraph(normalized_interaction_graph(inter), device)
 
         # ---- parameters ---------------------------------------------------------------------
         self.user_id = nn.Embedding(self.n_users, d)
         self.item_id = nn.Embedding(self.n_items, d)
         item_values = [f.to(device) for f in feats]
-        self.item_raw = nn.ModuleList(RawTable(v, s.train_raw_features) for v in item_values)
-        self.user_raw = nn.ModuleList(RawTable(_mean_of_items(inter, v), s.train_raw_features)
+        self.item_raw = nn.ModuleList(RawTable(v, settings.train_raw_features) for v in item_values)
+        self.user_raw = nn.ModuleList(RawTable(users_mean_features(inter, v), settings.train_raw_features)
                                       for v in item_values)
         self.item_proj = nn.ModuleList(nn.Linear(v.shape[1], d) for v in item_values)
         self.user_proj = nn.ModuleList(nn.Linear(v.shape[1], d) for v in item_values)
-        attention = ((lambda p: L.ScalarAttention(p)) if s.attention == "scalar"
-                     else (lambda p: L.MatrixAttention(d, p)))
-        self.self_attn = nn.ModuleList(attention(s.self_attn_dropout) for _ in range(n_mod))
-        self.cross_attn = nn.ModuleList(attention(s.cross_attn_dropout) for _ in range(n_mod if n_mod > 1 else 0))
+        attention = ((lambda p: ScalarAttention(p)) if settings.attention == "scalar"
+                     else (lambda p: MatrixAttention(d, p)))
+        self.self_attn = nn.ModuleList(attention(settings.self_attn_dropout) for _ in range(n_mod))
+        self.cross_attn = nn.ModuleList(attention(settings.cross_attn_dropout) for _ in range(n_mod if n_mod > 1 else 0))
         # One LayerNorm and one PReLU shared by every place that uses them (official code).
         self.norm = nn.LayerNorm(d)
         self.act = nn.PReLU()
-        if s.use_meta:
-            self.user_meta = L.MetaNetwork(n_mod, d, s.rank, s.meta_input_grad)
-            self.item_meta = L.MetaNetwork(n_mod, d, s.rank, s.meta_input_grad)
+        if settings.use_meta:
+            self.user_meta = MetaNetwork(n_mod, d, settings.rank, settings.meta_input_grad)
+            self.item_meta = MetaNetwork(n_mod, d, settings.rank, settings.meta_input_grad)
         else:
             self.user_meta = self.item_meta = None
         self._reset_parameters()
@@ -188,29 +134,29 @@ class REARM(BaseRecommender):
         self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
         self._attach_decay()
         if device.type == "cpu":  # graph building's freed heap; a GPU model's steps do not reuse it
-            _return_free_heap_to_os()
+            return_free_heap_to_os()
 
     # ------------------------------------------------------------------------------------------
     # construction helpers
 
-    def _check_weight_decay(self, s: RearmSettings) -> None:
-        if s.weight_decay_mode in ("decoupled", "l2") and s.host_weight_decay > 0:
+    def _check_weight_decay(self, settings: RearmSettings) -> None:
+        if settings.weight_decay_mode in ("decoupled", "l2") and settings.host_weight_decay > 0:
             raise ConfigError(
-                f"weight_decay_mode '{s.weight_decay_mode}' regularises inside the model with "
-                f"reg_weight={s.reg_weight}, but MMRec's optimizer also has weight_decay="
-                f"{s.host_weight_decay}; set weight_decay: 0.0 (or weight_decay_mode: coupled to use "
+                f"weight_decay_mode '{settings.weight_decay_mode}' regularises inside the model with "
+                f"reg_weight={settings.reg_weight}, but MMRec's optimizer also has weight_decay="
+                f"{settings.host_weight_decay}; set weight_decay: 0.0 (or weight_decay_mode: coupled to use "
                 "MMRec's Adam weight decay instead).")
-        if s.weight_decay_mode == "coupled" and s.host_weight_decay == 0:
+        if settings.weight_decay_mode == "coupled" and settings.host_weight_decay == 0:
             logger.warning("REARM: weight_decay_mode is 'coupled' but MMRec's weight_decay is 0, so "
                            "the model is not regularised; set weight_decay (e.g. to reg_weight=%s).",
-                           s.reg_weight)
+                           settings.reg_weight)
 
-    def _modal_features(self, config: Any, s: RearmSettings) -> Tuple[List[str], List[torch.Tensor]]:
+    def _modal_features(self, config: Any, settings: RearmSettings) -> Tuple[List[str], List[torch.Tensor]]:
         """The modalities :mod:`mmrec_rearm.modalities` selects -> names and (n_items, d_m) float
         tensors: the host's ``v_feat`` / ``t_feat`` for slots 0 / 1, extra files loaded here."""
         names, feats = [], []
-        for modality in selected_modalities(lambda key: config_value(config, key), dataset_folder(config),
-                                            s.modalities, s.extra_feature_files):
+        for modality in selected_modalities(functools.partial(config_value, config), dataset_folder(config),
+                                            settings.modalities, settings.extra_feature_files):
             slot = modality.slot
             if slot.index < 2:
                 tensor = (self.v_feat, self.t_feat)[slot.index]
@@ -226,13 +172,13 @@ class REARM(BaseRecommender):
             feats.append(tensor.float())
         return names, feats
 
-    def _graphs(self, config: Any, s: RearmSettings, inter: sp.csr_matrix, names: Sequence[str],
+    def _graphs(self, config: Any, settings: RearmSettings, inter: sp.csr_matrix, names: Sequence[str],
                 feats: Sequence[torch.Tensor]):
         from ..data import TrainingData
 
         coo = inter.tocoo()
         folder = dataset_folder(config)
-        inter_name = config_value(config, "inter_file_name", f"{s.dataset}.inter")
+        inter_name = config_value(config, "inter_file_name", f"{settings.dataset}.inter")
         data = TrainingData.from_arrays(
             coo.row, coo.col, self.n_users, self.n_items,
             {name: f.detach().cpu().numpy() for name, f in zip(names, feats)},
@@ -241,7 +187,7 @@ class REARM(BaseRecommender):
 
         #: what this model was built on (checkpoints store it; recommend checks a dataset against it)
         self.data_fingerprint = data_fingerprint(data)
-        return build_homogeneous_graphs(data, s.graph, s.cache_dir)
+        return build_homogeneous_graphs(data, settings.graph, settings.cache_dir)
 
     def _reset_parameters(self) -> None:
         # Official initialisation: N(0, 0.1) ID embeddings, Xavier-normal projection weights;
@@ -255,9 +201,9 @@ class REARM(BaseRecommender):
         """AdamW's decoupled weight decay (weight_decay_mode 'decoupled'): before each step of the
         host's optimizer, each parameter with a gradient is multiplied by ``1 - lr * reg_weight``
         with the lr of that optimizer's param group at that moment (see :mod:`.decay`)."""
-        s = self.settings
-        if s.weight_decay_mode == "decoupled" and s.reg_weight > 0:
-            decay.attach(self, s.reg_weight)
+        settings = self.settings
+        if settings.weight_decay_mode == "decoupled" and settings.reg_weight > 0:
+            decay.attach(self, settings.reg_weight)
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
@@ -267,15 +213,15 @@ class REARM(BaseRecommender):
     # the network
 
     def _side(self, ids: torch.Tensor, raw: nn.ModuleList, proj: nn.ModuleList,
-              graph: Optional[L.SparseGraph], n_layers: int) -> List[torch.Tensor]:
+              graph: Optional[SparseGraph], n_layers: int) -> List[torch.Tensor]:
         """Eq. (3)-(4) for one side: project each modality, concatenate with the IDs, propagate on
         the homogeneous graph (last layer) and L2-normalise the rows (official). -> [id, m_1..m_M]
         each (n, d)."""
         modal = [r.project(p) for r, p in zip(raw, proj)]  # eq. 3
         h = torch.cat([ids] + modal, dim=-1)
         if graph is not None:
-            h = L.homogeneous_propagation(graph, h, n_layers)  # eq. 4
-        h = F.normalize(h, p=2, dim=1)
+            h = homogeneous_propagation(graph, h, n_layers)  # eq. 4
+        h = normalize(h, p=2, dim=1)
         return list(h.split(self.embedding_size, dim=-1))
 
     def _refine_items(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -301,14 +247,14 @@ class REARM(BaseRecommender):
         column independently.
         """
         self.representation_passes += 1
-        s = self.settings
-        users = self._side(self.user_id.weight, self.user_raw, self.user_proj, self.user_graph, s.n_uu_layers)
-        items = self._side(self.item_id.weight, self.item_raw, self.item_proj, self.item_graph, s.n_ii_layers)
+        settings = self.settings
+        users = self._side(self.user_id.weight, self.user_raw, self.user_proj, self.user_graph, settings.n_uu_layers)
+        items = self._side(self.item_id.weight, self.item_raw, self.item_proj, self.item_graph, settings.n_ii_layers)
         item_modal = self._refine_items(items[1:])
         user_modal = [self.act(u) for u in users[1:]]  # users: PReLU only (official)
         nodes = torch.cat([torch.cat(user_modal + [users[0]], dim=-1),
                            torch.cat(item_modal + [items[0]], dim=-1)], dim=0)
-        out = L.lightgcn(self.interaction_graph, nodes, s.n_layers)  # eq. 10-11
+        out = lightgcn(self.interaction_graph, nodes, settings.n_layers)  # eq. 10-11
         width = self.n_modalities * self.embedding_size
         return out[:, :width], out[:, width:]
 
@@ -356,7 +302,7 @@ class REARM(BaseRecommender):
         with weight_decay_mode 'l2', else 0 (the decay then acts in the optimizer step, see
         :meth:`_attach_decay`)."""
         self._eval_cache = None
-        s = self.settings
+        settings = self.settings
         users, pos, neg = interaction[0], interaction[1], interaction[2]
         modal, ids = self._propagate_all()
         user_rep = self._final(modal, ids, users, "user")
@@ -367,22 +313,22 @@ class REARM(BaseRecommender):
         zero = bpr.new_zeros(())
         d = self.embedding_size
         cl = zero
-        if s.cl_loss_weight > 0 and self.n_modalities > 1:  # eq. 12 on unique batch users / items
+        if settings.cl_loss_weight > 0 and self.n_modalities > 1:  # eq. 12 on unique batch users / items
             u_rows = torch.unique(users)
             i_rows = torch.unique(torch.cat([pos, neg])) + self.n_users
             cl_u = pairwise_sum(list(modal[u_rows].split(d, dim=-1)),
-                                lambda a, b: info_nce(a, b, s.cl_temperature))
+                                lambda a, b: info_nce(a, b, settings.cl_temperature))
             cl_i = pairwise_sum(list(modal[i_rows].split(d, dim=-1)),
-                                lambda a, b: info_nce(a, b, s.cl_temperature))
-            cl = s.cl_loss_weight * (cl_u + cl_i)
+                                lambda a, b: info_nce(a, b, settings.cl_temperature))
+            cl = settings.cl_loss_weight * (cl_u + cl_i)
         ort = zero
-        if s.effective_ort_weight > 0 and self.n_modalities > 1:  # eq. 17 on batch users / positives
+        if settings.effective_ort_weight > 0 and self.n_modalities > 1:  # eq. 17 on batch users / positives
             ort_u = pairwise_sum(list(modal[users].split(d, dim=-1)), orthogonal_loss)
             ort_i = pairwise_sum(list(modal[pos + self.n_users].split(d, dim=-1)), orthogonal_loss)
-            ort = s.effective_ort_weight * (ort_u + ort_i)
+            ort = settings.effective_ort_weight * (ort_u + ort_i)
         reg = zero
-        if s.weight_decay_mode == "l2" and s.reg_weight > 0:
-            reg = s.reg_weight * l2_penalty(p for p in self.parameters() if p.requires_grad)
+        if settings.weight_decay_mode == "l2" and settings.reg_weight > 0:
+            reg = settings.reg_weight * l2_penalty(p for p in self.parameters() if p.requires_grad)
         return bpr, cl, ort, reg
 
     def _state_version(self) -> Tuple[int, ...]:
