@@ -1,4 +1,4 @@
-"""Time and peak memory of building all homogeneous graphs (src/mmrec_rearm/graphs.py).
+"""Time and peak memory of building all homogeneous graphs (src/mmrec_rearm/graphs/).
 
     python bench/graphs.py [--datasets baby sports] [--out bench/results/graphs.md]
                            [--data-root ../shared/data] [--seed 2025]
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
+
+from machine import machine  # bench/ is the script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "graphs.md"
@@ -87,26 +87,6 @@ def _load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
-
-
-def _machine() -> Dict[str, str]:
-    import numpy as np
-    import scipy
-
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 0
-    return {"cpu": model, "cores": str(cores), "python": platform.python_version(),
-            "numpy": np.__version__, "scipy": scipy.__version__, "os": platform.platform()}
 
 
 def _report(records: List[dict], machine: Dict[str, str]) -> str:
@@ -198,7 +178,7 @@ def main(argv=None) -> int:
             best["peak_gib"] = max(best["all_peaks"])
             records.append(best)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(_report(records, _machine()))
+    args.out.write_text(_report(records, machine()))
     print(f"[bench] wrote {args.out}")
     return 0
 

@@ -2,13 +2,12 @@
 (``--device cuda``: epoch, evaluation and peak GPU memory per dataset), and the machine description."""
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
+from machine import machine
 from train_settings import GPU_TARGETS, OFFICIAL_COMMON, OFFICIAL_SETTINGS, TARGETS
 
 
@@ -24,29 +23,11 @@ def git_head(folder: Path) -> str:
 
 
 def machine_info(device: str = "cpu") -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    import numpy
+    """The machine (bench/machine.py) with the training stack's versions and, on CUDA, the GPU."""
     import pandas
-    import scipy
     import torch
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "os": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "scipy": scipy.__version__, "pandas": pandas.__version__, "device": device}
+    info = dict(machine(), torch=torch.__version__, pandas=pandas.__version__, device=device)
     if device == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory=f"{props.total_memory / 2 ** 30:.0f} GiB", cuda=torch.version.cuda)

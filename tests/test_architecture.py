@@ -16,7 +16,7 @@ MMREC_PACKAGES = {"common", "utils", "models"}
 #: Layers that import neither torch nor MMRec (graphs may be one module or a package).
 NO_TORCH_NO_MMREC = ("data", "inter_parse", "features", "modalities", "graphs", "cache", "synth", "errors",
                      "hints", "atomic", "processes", "ledger", "install", "quickstart", "mmrec_output",
-                     "mmrec_yaml", "cli")
+                     "mmrec_yaml", "cli", "costmodel", "estimate")
 #: The only modules that import MMRec: the host adapter and the run's child process.
 MMREC_IMPORTERS = {"host", "experiments.runner"}
 #: The experiment modules that import torch: loading a checkpoint, and the child's state writer.
@@ -26,7 +26,7 @@ CHILD_SIDE = ("experiments.runner", "experiments.runner_events", "experiments.ru
               "experiments.runner_checkpoint", "experiments.runner_fixes", "experiments.checkpoint_format",
               "atomic", "mmrec_output")
 #: What the foundation and the model never import: the commands and the installer on top of them.
-TOP_LAYERS = ("cli", "install", "quickstart", "ledger", "experiments")
+TOP_LAYERS = ("cli", "install", "quickstart", "ledger", "experiments", "estimate")
 
 
 def _modules() -> Dict[str, Path]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mmrec_rearm import cache
+from mmrec_rearm import cache, graphs
 from mmrec_rearm.data import TrainingData, read_dataset
 from mmrec_rearm.errors import CacheError
 from mmrec_rearm.graphs import GraphParams, HomogeneousGraphs, build_graphs
@@ -210,7 +210,7 @@ def test_each_data_change_invalidates(tmp_path, params, variant, count_builds):
     assert_same_graphs(got, build(data, params))
 
 
-def test_format_version_and_builder_code_invalidate(tmp_path, params, monkeypatch, count_builds):
+def test_format_version_and_builder_version_invalidate(tmp_path, params, monkeypatch, count_builds):
     data = make_data()
     key = cache.fingerprint(data, params)
     cache.load_or_build(data, params, cache_dir=tmp_path)
@@ -219,8 +219,9 @@ def test_format_version_and_builder_code_invalidate(tmp_path, params, monkeypatc
     assert cache.load_or_build(data, params, cache_dir=tmp_path)[1] is False
     monkeypatch.undo()
     assert cache.fingerprint(data, params) == key
-    monkeypatch.setattr(cache, "_BUILDER_DIGEST", "0" * 64)  # as if graphs.py had been edited
+    monkeypatch.setattr(graphs, "BUILDER_VERSION", graphs.BUILDER_VERSION + 1)  # the output changed
     assert cache.fingerprint(data, params) != key
+    assert cache.load_or_build(data, params, cache_dir=tmp_path)[1] is False
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ _CHILD = textwrap.dedent(
     import json, os, sys, time
     from pathlib import Path
     import numpy as np
-    from mmrec_rearm import cache
+    from mmrec_rearm import cache, graphs
     from mmrec_rearm.data import read_dataset
     from mmrec_rearm.graphs import GraphParams
 

@@ -6,7 +6,7 @@ Runs in every CI (no official clone, no MMRec). Fixture: 5 users (user 4 has no 
 5 items (item 4 has no training interaction), 2 modalities (3-d "image", 2-d "text" features),
 d = 4, rank k = 2; the two homogeneous graphs and the training interactions are written out below,
 every parameter is set to seeded random values (biases, LayerNorm and PReLU included). The graphs
-are float32 in the model (graphs.py's contract), so their values are chosen exactly representable:
+are float32 in the model (the graph builders' contract), so their values are chosen exactly representable:
 dyadic weights, and node degrees 1 or 4, so that eq. (10)'s 1 / sqrt(|N_u| |N_i|) is exact. Checked to
 1e-10 in float64: the users' initial modal preferences (Sec. 4.1), the normalised interaction graph
 (eq. 10), the final user and item representations (eq. 3-19), the BPR, contrastive and orthogonal

@@ -1,4 +1,4 @@
-"""Homogeneous graph builders (src/mmrec_rearm/graphs.py): hand-computed tiny graphs, policies,
+"""Homogeneous graph builders (src/mmrec_rearm/graphs/): hand-computed tiny graphs, policies,
 errors, and the blocked implementation against a dense brute-force reference."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from mmrec_rearm import graphs
+from mmrec_rearm.graphs import cooccurrence, interest, knn, topk
 from mmrec_rearm.errors import DatasetError, GraphParamError
 from mmrec_rearm.graphs import (GraphParams, HomogeneousGraphs, build_graphs, choose_user_route,
                                 cooccurrence_topk, cosine_knn, empty_graph, fuse_graphs,
@@ -121,13 +122,13 @@ def test_duplicate_padding_sums_repeats_and_is_seeded():
 
 def test_padding_draws_are_fixed_by_seed_and_side():
     highs = np.array([3, 7, 7, 2, 100])
-    a = graphs._pad_draws(5, "user", highs)
-    assert np.array_equal(a, graphs._pad_draws(5, "user", highs))
+    a = cooccurrence._pad_draws(5, "user", highs)
+    assert np.array_equal(a, cooccurrence._pad_draws(5, "user", highs))
     assert ((a >= 0) & (a < highs)).all()
-    assert not np.array_equal(graphs._pad_draws(5, "item", np.full(50, 1000)),
-                              graphs._pad_draws(5, "user", np.full(50, 1000)))
+    assert not np.array_equal(cooccurrence._pad_draws(5, "item", np.full(50, 1000)),
+                              cooccurrence._pad_draws(5, "user", np.full(50, 1000)))
     # raw PCG64 bits: the same on every numpy version (values pinned once)
-    assert graphs._pad_draws(0, "user", np.full(6, 1000)).tolist() == PINNED_DRAWS
+    assert cooccurrence._pad_draws(0, "user", np.full(6, 1000)).tolist() == PINNED_DRAWS
 
 
 PINNED_DRAWS = [636, 269, 40, 16, 813, 912]
@@ -136,7 +137,7 @@ PINNED_DRAWS = [636, 269, 40, 16, 813, 912]
 def test_candidate_cap_then_padding(monkeypatch):
     # the official code keeps COOC_CANDIDATES neighbours before cutting to k; with a cap of 1 and
     # k=2, u0 keeps only u1 and the padding repeats it: weight 1
-    monkeypatch.setattr(graphs, "COOC_CANDIDATES", 1)
+    monkeypatch.setattr(cooccurrence, "COOC_CANDIDATES", 1)
     got = cooccurrence_topk(INTER, 2).toarray()
     assert got[0].tolist() == [0, 1, 0, 0, 0]
     got = cooccurrence_topk(INTER, 2, padding="none").toarray()
@@ -339,8 +340,8 @@ def test_build_graphs_by_hand_homogeneous_row():
 
 def test_zero_weights_skip_the_work(monkeypatch):
     calls = []
-    real_cooc, real_feat, real_gram = (graphs.cooccurrence_topk, graphs._item_knn_from_features,
-                                       graphs._item_knn_from_gram)
+    real_cooc, real_feat, real_gram = (cooccurrence.cooccurrence_topk, knn.item_knn_from_features,
+                                       knn.item_knn_from_gram)
 
     def spy(name, real):
         def wrapped(*args, **kwargs):
@@ -351,11 +352,11 @@ def test_zero_weights_skip_the_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("user interest graph must not be built when uu_co_weight == 1")
 
-    monkeypatch.setattr(graphs, "cooccurrence_topk", spy("cooc", real_cooc))
-    monkeypatch.setattr(graphs, "_item_knn_from_features", spy("item", real_feat))
-    monkeypatch.setattr(graphs, "_item_knn_from_gram", spy("item", real_gram))
-    monkeypatch.setattr(graphs, "_user_knn_from_features", refuse)
-    monkeypatch.setattr(graphs, "_user_knn_from_gram", refuse)
+    monkeypatch.setattr(cooccurrence, "cooccurrence_topk", spy("cooc", real_cooc))
+    monkeypatch.setattr(knn, "item_knn_from_features", spy("item", real_feat))
+    monkeypatch.setattr(knn, "item_knn_from_gram", spy("item", real_gram))
+    monkeypatch.setattr(interest, "user_knn_from_features", refuse)
+    monkeypatch.setattr(interest, "user_knn_from_gram", refuse)
     p = GraphParams(user_knn_k=2, item_knn_k=2, uu_co_weight=1.0, ii_co_weight=0.0, i_mm_image_weight=0.0)
     g = build_graphs(INTER, _features(2), p)
     assert g.user_interest.shape == (5, 5) and g.user_interest.nnz == 0
@@ -453,7 +454,7 @@ def _assert_knn_matches(got, vectors, k, knn_self):
 @pytest.fixture
 def small_groups(monkeypatch):
     # few candidate groups so the group filter works on multi-row groups plus a tail
-    monkeypatch.setattr(graphs, "_GROUPS", 8)
+    monkeypatch.setattr(topk, "_GROUPS", 8)
 
 
 @pytest.mark.parametrize("k, knn_self", [(1, False), (5, True), (5, False), (12, True)])
@@ -478,6 +479,63 @@ def test_user_knn_blocked_matches_dense(small_groups, route, k, knn_self):
     got = user_interest_knn(sp.csr_matrix(inter), x, k, knn_self=knn_self, route=route, block_size=9)
     assert_canonical(got, 131)
     _assert_knn_matches(got, inter.astype(np.float64) @ x.astype(np.float64), k, knn_self)
+
+
+@pytest.mark.parametrize("tile", [1, 7, 40, 157])
+@pytest.mark.parametrize("k, knn_self", [(1, False), (5, True), (12, False)])
+def test_item_knn_tiled_matches_dense_and_unblocked(small_groups, tile, k, knn_self):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((157, 6)).astype(np.float32)
+    x[[3, 40]] = 0  # zero vectors
+    got = cosine_knn(x, k, knn_self=knn_self, tile_size=tile)
+    assert_canonical(got, 157)
+    _assert_knn_matches(got, x, k, knn_self)
+    whole = cosine_knn(x, k, knn_self=knn_self)  # one column block over all rows
+    assert np.array_equal(got.indptr, whole.indptr) and np.array_equal(got.indices, whole.indices)
+    np.testing.assert_allclose(got.data, whole.data, atol=1e-6)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("tile", [1, 9, 131])
+@pytest.mark.parametrize("k, knn_self", [(4, True), (7, False)])
+def test_user_knn_tiled_matches_dense_and_unblocked(small_groups, monkeypatch, stream, tile, k, knn_self):
+    if stream:  # as if the user vectors did not fit: each tile is summed again from R
+        monkeypatch.setattr(interest, "DENSE_MAX_BYTES", 0)
+    rng = np.random.default_rng(5)
+    inter = (rng.random((131, 90)) < 0.05).astype(np.float32)
+    inter[[0, 17, 18]] = 0  # users without training items
+    x = rng.standard_normal((90, 5)).astype(np.float32)
+    got = user_interest_knn(sp.csr_matrix(inter), x, k, knn_self=knn_self, route="features", tile_size=tile)
+    assert_canonical(got, 131)
+    _assert_knn_matches(got, inter.astype(np.float64) @ x.astype(np.float64), k, knn_self)
+    whole = user_interest_knn(sp.csr_matrix(inter), x, k, knn_self=knn_self, route="features")
+    assert np.array_equal(got.indptr, whole.indptr) and np.array_equal(got.indices, whole.indices)
+    np.testing.assert_allclose(got.data, whole.data, atol=1e-6)
+
+
+def test_tiles_start_beyond_narrow_column_blocks():
+    assert not knn.use_tiles(65_536, None, None)  # a ~64 MB column block still holds 256 columns
+    assert knn.use_tiles(65_537, None, None)
+    assert not knn.use_tiles(10 ** 6, 16, None)  # an explicit column block wins
+    assert knn.use_tiles(10, None, 4)
+
+
+@pytest.mark.parametrize("kk", [1, 4, 10, 60])
+def test_topk_rows_and_columns_exact_with_ties_and_infinities(small_groups, kk):
+    rng = np.random.default_rng(3)
+    block = rng.integers(-3, 4, size=(37, 53)).astype(np.float32)  # many exact ties
+    block[5, :] = -np.inf  # a row without finite values
+    block[9, 3:] = -np.inf  # a row with three
+    block[:, 7] = -np.inf
+    want = []
+    for r in range(37):
+        finite = [c for c in range(53) if np.isfinite(block[r, c])]
+        best = sorted(finite, key=lambda c: (-block[r, c], c))[:kk]
+        want += [(r, c, float(block[r, c])) for c in best]
+    rows, cols, vals = topk.topk_rows(block, kk)
+    assert list(zip(rows.tolist(), cols.tolist(), vals.tolist())) == want
+    cols_t, rows_t, vals_t = topk.topk_columns(np.ascontiguousarray(block.T), kk)
+    assert list(zip(cols_t.tolist(), rows_t.tolist(), vals_t.tolist())) == want
 
 
 def _dense_cooc(inter, k, empty):
@@ -532,7 +590,7 @@ def test_user_norms_from_gram_in_bounded_chunks(chunk_pairs):
     inter[9] = 0
     x = rng.standard_normal((12, 3))
     gram = (x @ x.T).astype(np.float32)
-    got = graphs._quadratic_forms(sp.csr_matrix(inter), gram, chunk_pairs=chunk_pairs)
+    got = interest._quadratic_forms(sp.csr_matrix(inter), gram, chunk_pairs=chunk_pairs)
     y = inter.astype(np.float64) @ x
     np.testing.assert_allclose(got, (y * y).sum(axis=1), rtol=1e-5, atol=1e-5)
 

@@ -2,7 +2,7 @@
 
 Building the four homogeneous graphs (co-occurrence top-k and cosine kNN, paper Sec. 3.2,
 eq. 1-2) costs seconds to minutes on Baby / Sports / Clothing, while the graphs are a pure
-function of (training interactions, item features, graph parameters, builder code). This module
+function of (training interactions, item features, graph parameters, builder version). This module
 stores them in an lmdb environment and serves them again only when every input is byte-identical.
 
 Layout of a cache directory (default: ``<dataset folder>/.rearm_cache``)::
@@ -120,26 +120,6 @@ def _frame_array(h: "hashlib._Hash", label: str, arr: np.ndarray) -> None:
         h.update(memoryview(arr).cast("B"))
 
 
-_BUILDER_DIGEST: Optional[str] = None
-
-
-def _builder_digest() -> str:
-    """sha256 of graphs.py's source: editing the builder invalidates every stored graph."""
-    global _BUILDER_DIGEST
-    if _BUILDER_DIGEST is None:
-        try:
-            source = Path(_graphs.__file__).read_bytes()
-        except (OSError, TypeError):  # frozen / zipped install: fall back to the package version
-            from importlib import metadata
-
-            try:
-                source = ("version:" + metadata.version("mmrec-rearm")).encode()
-            except metadata.PackageNotFoundError:
-                source = b"unknown"
-        _BUILDER_DIGEST = hashlib.sha256(source).hexdigest()
-    return _BUILDER_DIGEST
-
-
 def _canonical_csr(matrix) -> sp.csr_matrix:
     m = sp.csr_matrix(matrix)
     if not m.has_canonical_format:
@@ -151,7 +131,8 @@ def _canonical_csr(matrix) -> sp.csr_matrix:
 def fingerprint(data: TrainingData, params: GraphParams) -> str:
     """sha256 hex key of every input of :func:`~mmrec_rearm.graphs.build_graphs`.
 
-    Hashed, in order: ``FORMAT_VERSION``; the sha256 of the builder source (graphs.py);
+    Hashed, in order: ``FORMAT_VERSION``; ``graphs.BUILDER_VERSION`` (the version of the
+    builders' output, not their source: a refactor keeps every key);
     ``n_users``, ``n_items``; the training matrix ``(n_users, n_items)`` in canonical CSR form
     (sorted indices; ``indptr`` and ``indices`` as int64, values as float32); for each modality in
     order its name, shape, dtype and raw bytes ``(n_items, d_m)``; ``params.to_dict()`` as JSON
@@ -162,7 +143,7 @@ def fingerprint(data: TrainingData, params: GraphParams) -> str:
     """
     h = hashlib.sha256()
     _frame(h, "format", str(int(FORMAT_VERSION)).encode("ascii"))
-    _frame(h, "builder", _builder_digest().encode("ascii"))
+    _frame(h, "builder_version", str(int(_graphs.BUILDER_VERSION)).encode("ascii"))
     _hash_data(h, data)
     _frame(h, "params", _params_json(params).encode("utf-8"))
     return h.hexdigest()

@@ -10,6 +10,7 @@
     mmrec-rearm quickstart --mmrec MMREC_DIR [--epochs N] [--force]
     mmrec-rearm run | compare | ablate | sensitivity | tune | heatmap | recommend | user-graph |
                 convert-official-splits ...   (mmrec_rearm.experiments)
+    mmrec-rearm estimate --mmrec MMREC_DIR -d DATASET | DATASET_DIR [--gpu-memory 24GB]   (mmrec_rearm.estimate)
 
 Errors raised on purpose by this package (``RearmError``) print ``error: <message>`` to stderr and
 exit with status 2; anything else is a bug and keeps its traceback. Ctrl-C (or SIGTERM during runs)
@@ -26,7 +27,7 @@ from typing import Callable, List, Optional, Sequence
 
 from .errors import ConfigError, DatasetError, GraphParamError, InstallError, Interrupted, RearmError
 
-__all__ = ["main", "build_parser", "parse_value", "parse_params", "EXPORT_NAMES"]
+__all__ = ["main", "build_parser", "parse_value", "parse_params", "parse_pairs", "EXPORT_NAMES"]
 
 #: Files written by ``graphs --export``, one per graph (scipy.sparse.save_npz, CSR float32).
 EXPORT_NAMES = ("user_cooccurrence", "user_interest", "item_cooccurrence", "item_semantic",
@@ -94,7 +95,7 @@ def parse_params(pairs: Sequence[tuple], params_cls) -> dict:
     return out
 
 
-def _pairs(items: Optional[Sequence[str]], option: str, error) -> List[tuple]:
+def parse_pairs(items: Optional[Sequence[str]], option: str, error) -> List[tuple]:
     out = []
     for item in items or ():
         name, sep, value = item.partition("=")
@@ -133,11 +134,11 @@ def _graph_inputs(args: argparse.Namespace):
     features = None
     if args.feature:
         features = {}
-        for name, file in _pairs(args.feature, "--feature", DatasetError):
+        for name, file in parse_pairs(args.feature, "--feature", DatasetError):
             if name in features:
                 raise DatasetError(f"--feature: modality '{name}' given twice; name each modality once.")
             features[name] = file
-    params = GraphParams.from_mapping(parse_params(_pairs(args.set, "--set", GraphParamError), GraphParams))
+    params = GraphParams.from_mapping(parse_params(parse_pairs(args.set, "--set", GraphParamError), GraphParams))
     folder = Path(args.dataset_dir)
     if features is None:
         _note_other_features(folder)
@@ -335,8 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_cmd_quickstart)
 
     from .experiments.commands import add_subcommands  # compare, tune, user-graph, convert-official-splits, ...
+    from .estimate import add_subcommand as add_estimate
 
     add_subcommands(sub)
+    add_estimate(sub)
     return parser
 
 

@@ -28,6 +28,7 @@ from .inter_parse import field_bounds, parse_int_column
 
 __all__ = [
     "DEFAULT_FEATURES",
+    "feature_paths",
     "REQUIRED_COLUMNS",
     "TrainingData",
     "Interactions",
@@ -348,14 +349,16 @@ def read_dataset(
 
     source = {"inter": os.path.abspath(inter_path)}
     loaded = {}
-    for name, path in _feature_paths(folder, features).items():
+    for name, path in feature_paths(folder, features).items():
         loaded[name] = load_feature_file(name, path, n_items)
         source[name] = os.path.abspath(path)
     interactions = parsed.split_matrix(0)
     return TrainingData(n_users, n_items, interactions, loaded, source)
 
 
-def _feature_paths(folder: Path, features: Optional[Mapping[str, PathLike]]) -> dict:
+def feature_paths(folder: Path, features: Optional[Mapping[str, PathLike]]) -> dict:
+    """Modality name -> feature file of a dataset folder: ``features`` (names -> files in ``folder``)
+    or the :data:`DEFAULT_FEATURES` present (a warning names each one missing)."""
     if features is not None:
         if not isinstance(features, Mapping):
             raise DatasetError(

@@ -36,6 +36,7 @@ __all__ = [
     "demo_dataset_files",
     "demo_dataset_yaml",
     "modality_signal",
+    "power_law_interactions",
     "INTER_COLUMNS",
 ]
 
@@ -220,6 +221,46 @@ def _k_core(users, items, times, core: int):
         if keep.all():
             return users, items, times
         users, items, times = users[keep], items[keep], times[keep]
+
+
+def power_law_interactions(n_users: int, n_items: int, *, per_user: float = 9.5, item_tail: float = 2.2,
+                           core: int = 5, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, int, int]:
+    """Seeded long-tail interactions for scale measurements: ``(users, items, n_users, n_items)``.
+
+    Each user draws a Pareto number of items (minimum ``core``, mean ``per_user``). Item
+    popularity follows a Pareto law with tail index ``item_tail``, ``P(w > x) = x^-item_tail``,
+    taken at evenly spaced quantiles and assigned to items in a seeded random order. Users draw
+    their items in proportion to popularity; repeated pairs are merged, then the set is
+    ``core``-core filtered and re-indexed densely, so the returned counts are a little below the
+    requested ones (``per_user=9.5`` leaves about 9 interactions per user). With 2.2 and Baby's
+    counts (19,445 users, 7,050 items, 6.6 draws per user) the most popular item holds 0.57% of
+    the interactions and ``sum(deg_i^2) / nnz`` is 2.0 times the mean item degree (Baby itself:
+    0.47% and 3.6 times). Rows are sorted by (user, item); ids are int64. Time and memory grow
+    linearly with ``n_users * per_user``.
+    """
+    if n_users < 1 or n_items < 1 or per_user <= core or item_tail <= 1.0 or core < 1:
+        raise ValueError(
+            f"power_law_interactions(n_users={n_users}, n_items={n_items}, per_user={per_user}, "
+            f"item_tail={item_tail}, core={core}): need counts >= 1, per_user > core >= 1 and item_tail > 1.")
+    rng = np.random.default_rng(seed)
+    shape = per_user / (per_user - core)  # Pareto mean = shape * core / (shape - 1)
+    activity = np.minimum(core * rng.pareto(shape, size=n_users) + core, max(core, n_items // 2))
+    activity = activity.astype(np.int64)
+    # Pareto quantiles, not draws: the most popular items (which dominate the co-occurrence work)
+    # then follow the law exactly instead of one random extreme, so sizes compare smoothly.
+    weights = ((np.arange(n_items) + 0.5) / n_items) ** (-1.0 / item_tail)
+    popularity = np.cumsum(weights[rng.permutation(n_items)])
+    users = np.repeat(np.arange(n_users, dtype=np.int64), activity)
+    draws = rng.random(users.size) * popularity[-1]
+    items = np.minimum(np.searchsorted(popularity, draws, side="right"), n_items - 1).astype(np.int64)
+    pairs = np.unique(users * n_items + items)
+    users, items, _ = _k_core(pairs // n_items, pairs % n_items, pairs, core)
+    if users.size == 0:
+        raise ValueError(f"power_law_interactions: no interaction survives the {core}-core filter of "
+                         f"{n_users} users x {n_items} items; ask for more users or fewer items.")
+    _, users = np.unique(users, return_inverse=True)
+    kept_items, items = np.unique(items, return_inverse=True)
+    return users.astype(np.int64), items.astype(np.int64), int(users.max()) + 1, int(kept_items.size)
 
 
 def _chronological_split(users: np.ndarray) -> np.ndarray:

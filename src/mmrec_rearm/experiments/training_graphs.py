@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Callable, Dict, List, Sequence, Union
 
 from ..data import TrainingData, read_dataset
 from ..errors import ConfigError
 from ..graphs import GraphParams
-from ..modalities import check_feature_files, selected_modalities
+from ..modalities import Modality, check_feature_files, selected_modalities
 from ..model.presets import read_dataset_yaml, read_settings
 from .mmrec_config import dataset_folder, merged_config, mmrec_src, parse_yaml_text
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["TrainingGraphInputs", "training_graph_inputs"]
+__all__ = ["TrainingGraphInputs", "training_graph_inputs", "TrainingSettings", "training_settings", "parse_set_items"]
 
 
 @dataclass
@@ -36,7 +36,8 @@ class TrainingGraphInputs:
     sources: List[str]             # the configuration files read, in MMRec's order
 
 
-def _overrides(items: Sequence[str]) -> Dict[str, Any]:
+def parse_set_items(items: Sequence[str]) -> Dict[str, Any]:
+    """``--set KEY=VALUE`` items of a checkout-resolved command -> {key: YAML-parsed value}."""
     out: Dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -46,28 +47,54 @@ def _overrides(items: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def training_graph_inputs(mmrec_dir: PathLike, dataset: str, overrides: Sequence[str] = (),
-                          model: str = "REARM") -> TrainingGraphInputs:
-    """What :func:`~mmrec_rearm.cache.load_or_build` needs to build (or find) the graphs a
-    ``model`` run on ``dataset`` in the checkout ``mmrec_dir`` uses; ``overrides``: ``KEY=VALUE``
-    settings as a run's ``--set`` gives them."""
+@dataclass
+class TrainingSettings:
+    """A checkout's settings for one dataset, resolved as a training run resolves them; nothing read
+    but the YAML files and the feature files' headers."""
+    get: Callable[..., Any]        # get(key, default=None): the merged configuration (overrides applied)
+    settings: Any                  # model.presets.RearmSettings
+    folder: Any                    # the dataset folder
+    inter: str                     # the interaction file's name in that folder
+    modalities: List[Modality]     # the selected feature files, in the model's order
+    cache_dir: Any                 # as load_or_build takes it: a folder, None (default rule) or False
+    sources: List[str]             # the configuration files read, in MMRec's order
+
+
+def training_settings(mmrec_dir: PathLike, dataset: str, overrides: Sequence[str] = (),
+                      model: str = "REARM") -> TrainingSettings:
+    """The configuration a ``model`` run on ``dataset`` in the checkout ``mmrec_dir`` uses (MMRec's
+    merge, ``overrides`` as a run's ``--set`` gives them, REARM's presets) and its feature files,
+    checked from their headers."""
     src = mmrec_src(mmrec_dir)
     config = merged_config(src, model, dataset)
-    config.update(_overrides(overrides))
+    config.update(parse_set_items(overrides))
     config["dataset"] = dataset
-    get = config.get
+    raw = config.get
+
+    def get(key: str, default: Any = None) -> Any:
+        value = raw(key)
+        return default if value is None else value
+
     folder = dataset_folder(src, config, dataset)
-    settings = read_settings(config, lambda key, default=None: default if get(key) is None else get(key),
-                             dataset_yaml=read_dataset_yaml(dataset, src / "configs"))
-    check_feature_files(get, folder, settings.modalities, settings.extra_feature_files, dataset=dataset,
+    settings = read_settings(config, get, dataset_yaml=read_dataset_yaml(dataset, src / "configs"))
+    check_feature_files(raw, folder, settings.modalities, settings.extra_feature_files, dataset=dataset,
                         checkout=src.parent)
-    found = selected_modalities(get, folder, settings.modalities, settings.extra_feature_files)
-    inter = str(get("inter_file_name") or f"{dataset}.inter")
-    data = read_dataset(folder, inter_file=inter, features={m.name: m.path for m in found})
+    found = selected_modalities(raw, folder, settings.modalities, settings.extra_feature_files)
+    inter = str(raw("inter_file_name") or f"{dataset}.inter")
     cache_dir = settings.cache_dir
     if isinstance(cache_dir, (str, os.PathLike)) and not os.path.isabs(os.path.expanduser(str(cache_dir))):
         cache_dir = str(src / cache_dir)  # training resolves it in MMRec's src/
     files = [src / "configs" / "overall.yaml", src / "configs" / "dataset" / f"{dataset}.yaml",
              src / "configs" / "model" / f"{model}.yaml"]
-    return TrainingGraphInputs(data, GraphParams.from_mapping(settings.graph), cache_dir,
-                               [m.name for m in found], [str(p) for p in files if p.is_file()])
+    return TrainingSettings(get, settings, folder, inter, found, cache_dir, [str(p) for p in files if p.is_file()])
+
+
+def training_graph_inputs(mmrec_dir: PathLike, dataset: str, overrides: Sequence[str] = (),
+                          model: str = "REARM") -> TrainingGraphInputs:
+    """What :func:`~mmrec_rearm.cache.load_or_build` needs to build (or find) the graphs a
+    ``model`` run on ``dataset`` in the checkout ``mmrec_dir`` uses; ``overrides``: ``KEY=VALUE``
+    settings as a run's ``--set`` gives them."""
+    found = training_settings(mmrec_dir, dataset, overrides, model)
+    data = read_dataset(found.folder, inter_file=found.inter, features={m.name: m.path for m in found.modalities})
+    return TrainingGraphInputs(data, GraphParams.from_mapping(found.settings.graph), found.cache_dir,
+                               [m.name for m in found.modalities], found.sources)
