@@ -129,6 +129,8 @@ class FeatureTransform(nn.Module):
 class DiffMM(BaseRecommender):
     """DiffMM for MMRec: ``DiffMM(config, dataloader)``; settings in configs/model/DiffMM.yaml."""
 
+    GENERATION_CHUNK = 256  # users per reverse-process chunk (memory only)
+
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
         s = Settings("DiffMM", config, official_names=OFFICIAL_NAMES, presets=PRESETS, fallback="baby")
@@ -246,8 +248,10 @@ class DiffMM(BaseRecommender):
         """Eq. 7-9 and the graph rebuild: every user's denoised row, its ``rebuild_k`` best items
         per modality -> ``drop_edges(D^-1/2 (A_m + I) D^-1/2)`` as sparse graphs."""
         picks: List[List[np.ndarray]] = [[] for _ in self.denoisers]
-        for start in range(0, self.n_users, self.diffusion_batch_size):
-            x0 = self._user_rows(np.arange(start, min(self.n_users, start + self.diffusion_batch_size)))
+        # each user's row is denoised on its own, so any chunking gives the same graphs; chunks of
+        # GENERATION_CHUNK users keep the (chunk, n_items) activations small enough to be reused
+        for start in range(0, self.n_users, self.GENERATION_CHUNK):
+            x0 = self._user_rows(np.arange(start, min(self.n_users, start + self.GENERATION_CHUNK)))
             for m, denoiser in enumerate(self.denoisers):
                 denoised = self.diffusion.p_sample(denoiser, x0, self.sampling_steps, self.sampling_noise)
                 picks[m].append(torch.topk(denoised, self.rebuild_k, dim=-1).indices.cpu().numpy())

@@ -64,10 +64,13 @@ def row_normalised_interaction_graph(interactions: sp.spmatrix) -> sp.csr_matrix
     return out
 
 
-def contrast_all_items(z1: torch.Tensor, z2: torch.Tensor, tau: float, block: int = 4096) -> torch.Tensor:
+def contrast_all_items(z1: torch.Tensor, z2: torch.Tensor, tau: float, block: int = 512) -> torch.Tensor:
     """MICRO eq. 11-12: mean over rows i of ``-log(e(z1_i, z2_i) / (sum_j e(z1_i, z1_j) +
     sum_j e(z1_i, z2_j) - e(z1_i, z1_i)))`` with ``e(a, b) = exp(cos(a, b) / tau)``, over ALL rows
-    of ``z1``, ``z2`` (n, d); ``block`` rows at a time, so memory is (block, n), never (n, n)."""
+    of ``z1``, ``z2`` (n, d); ``block`` rows at a time, so memory is (block, n), never (n, n). The
+    block size does not change the value; blocks of a few MB are reused by the allocator, while
+    the authors' 4096-row blocks (110 MB on TikTok) are fresh zeroed pages on every batch (half of
+    the CPU time went to the kernel)."""
     a, b = F.normalize(z1), F.normalize(z2)
     losses = []
     for start in range(0, a.shape[0], block):
@@ -96,7 +99,7 @@ class MICRO(BaseRecommender):
         self.lambda_coeff = s.number("lambda_coeff", 0.9, float, 0.0, 1.0)
         self.cl_weight = s.number("cl_weight", 0.03, float, 0.0)
         self.cl_temperature = s.number("cl_temperature", 0.5, float, 0.0, low_open=True)
-        self.cl_block = s.number("cl_block_size", 4096, int, 1)
+        self.cl_block = s.number("cl_block_size", 512, int, 1)
         self.reg_weight = s.number("reg_weight", 1e-5, float, 0.0)
         self.reg_batch_size = s.number("train_batch_size", 2048, int, 1)
         self.cf_model = s.choice("cf_model", "lightgcn", CF_MODELS)
