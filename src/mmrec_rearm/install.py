@@ -64,6 +64,7 @@ def shim_files() -> Dict[Path, str]:
     return {Path("src", "models", f"{name.lower()}.py"): f"from {module} import {name}  # noqa: F401\n"
             for name, module in SHIMS.items()}
 # ---- end of model shims
+
 #: What makes a folder an MMRec checkout (relative to its root).
 REQUIRED = ("src/main.py", "src/models/", "src/configs/model/", "src/common/abstract_recommender.py")
 #: Package config sub-folder -> destination inside the checkout.
