@@ -195,7 +195,7 @@ def test_denoiser_training_step_matches_authors(subset, sides, setting, record_p
         for name, a, b in (("elbo", our_elbo, elbo), ("condition", our_condition, condition)):
             worst[f"{name}{m}"] = (ps.scale_of(b), ps.max_difference(a, b))
             assert worst[f"{name}{m}"][1] <= 1e-5 * max(1.0, worst[f"{name}{m}"][0]), (name, m)
-        expected = float(elbo.mean() + condition.mean() * E_LOSS)
+        expected = (elbo.mean() + condition.mean() * E_LOSS).item()
         assert abs(per_modality[m] - expected) <= 1e-5 * max(1.0, abs(expected))
     for theirs_d, mine in zip(theirs["denoisers"], ours.denoisers):
         state = mine.state_dict()
