@@ -65,7 +65,9 @@ def real_mmrec(mmrec_clone) -> Path:
 def expected_contents() -> dict:
     """Relative path -> exact content install must write, derived from the package's configs."""
     configs = inst.package_configs_dir()
-    expected = {"src/models/rearm.py": inst.MARKER + "\n" + "from mmrec_rearm.model.rearm import REARM  # noqa: F401\n"}
+    expected = {"src/models/rearm.py": inst.MARKER + "\n" + "from mmrec_rearm.model.rearm import REARM  # noqa: F401\n",
+                "src/models/micro.py": inst.MARKER + "\n" + "from mmrec_rearm.baselines.micro import MICRO  # noqa: F401\n",
+                "src/models/diffmm.py": inst.MARKER + "\n" + "from mmrec_rearm.baselines.diffmm import DiffMM  # noqa: F401\n"}
     for sub, dest in (("model", "src/configs/model"), ("dataset", "src/configs/dataset")):
         for yaml_file in sorted((configs / sub).glob("*.yaml")):
             expected[f"{dest}/{yaml_file.name}"] = inst.MARKER + "\n" + yaml_file.read_text()

@@ -36,7 +36,8 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from types import ModuleType
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import lmdb
 import numpy as np
@@ -59,8 +60,11 @@ __all__ = [
     "ENV_DIRNAME",
     "GraphCache",
     "fingerprint",
+    "content_key",
     "load_or_build",
+    "load_or_build_matrices",
     "resolve_cache_dir",
+    "cache_dir_for",
     "user_cache_dir",
     "find_cache_dir",
     "entries",
@@ -118,15 +122,15 @@ def _frame_array(h: "hashlib._Hash", label: str, arr: np.ndarray) -> None:
         h.update(memoryview(arr).cast("B"))
 
 
-_BUILDER_DIGEST: Optional[str] = None
+_SOURCE_DIGESTS: Dict[str, str] = {}
 
 
-def _builder_digest() -> str:
-    """sha256 of graphs.py's source: editing the builder invalidates every stored graph."""
-    global _BUILDER_DIGEST
-    if _BUILDER_DIGEST is None:
+def _module_digest(module) -> str:
+    """sha256 of a module's source file (or, frozen / zipped, of the package version)."""
+    name = module.__name__
+    if name not in _SOURCE_DIGESTS:
         try:
-            source = Path(_graphs.__file__).read_bytes()
+            source = Path(module.__file__).read_bytes()
         except (OSError, TypeError):  # frozen / zipped install: fall back to the package version
             from importlib import metadata
 
@@ -134,7 +138,18 @@ def _builder_digest() -> str:
                 source = ("version:" + metadata.version("mmrec-rearm")).encode()
             except metadata.PackageNotFoundError:
                 source = b"unknown"
-        _BUILDER_DIGEST = hashlib.sha256(source).hexdigest()
+        _SOURCE_DIGESTS[name] = hashlib.sha256(source).hexdigest()
+    return _SOURCE_DIGESTS[name]
+
+
+_BUILDER_DIGEST: Optional[str] = None
+
+
+def _builder_digest() -> str:
+    """sha256 of graphs.py's source: editing the builder invalidates every stored graph."""
+    global _BUILDER_DIGEST
+    if _BUILDER_DIGEST is None:
+        _BUILDER_DIGEST = _module_digest(_graphs)
     return _BUILDER_DIGEST
 
 
@@ -172,6 +187,30 @@ def fingerprint(data: TrainingData, params: GraphParams) -> str:
         _frame(h, "modality", name.encode("utf-8"))
         _frame_array(h, "features", np.asarray(data.features[name]))
     _frame(h, "params", _params_json(params).encode("utf-8"))
+    return h.hexdigest()
+
+
+def content_key(kind: str, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any],
+                builders: Sequence[ModuleType] = ()) -> str:
+    """sha256 hex key of any derived matrices that are a pure function of ``arrays``, ``params``
+    and the source of the ``builders`` modules (e.g. a baseline's item kNN graphs).
+
+    Hashed, in order: ``FORMAT_VERSION``; ``kind`` (so two artefacts of the same inputs never
+    share a key); the sha256 of graphs.py and of each builder module's source; the array names
+    in order, then each name, shape, dtype and raw bytes; ``params`` as JSON with sorted keys.
+    """
+    h = hashlib.sha256()
+    _frame(h, "format", str(int(FORMAT_VERSION)).encode("ascii"))
+    _frame(h, "kind", str(kind).encode("utf-8"))
+    _frame(h, "builder", _builder_digest().encode("ascii"))
+    for module in builders:
+        _frame(h, "builder", _module_digest(module).encode("ascii"))
+    names = [str(name) for name in arrays]
+    _frame(h, "arrays", json.dumps(names).encode("utf-8"))
+    for name in names:
+        _frame(h, "array", name.encode("utf-8"))
+        _frame_array(h, "values", np.asarray(arrays[name]))
+    _frame(h, "params", json.dumps(dict(params), sort_keys=True, separators=(",", ":")).encode("utf-8"))
     return h.hexdigest()
 
 
@@ -271,13 +310,15 @@ def _array_bytes(arr: np.ndarray, allowed: Tuple[str, ...]) -> Tuple[np.ndarray,
     raise CacheError(f"cannot store an array of dtype {arr.dtype}; expected one of {allowed}")
 
 
-def _encode(key: str, graphs: HomogeneousGraphs, meta: dict) -> Tuple[List[Tuple[bytes, np.ndarray]], bytes]:
-    """(lmdb key, array) pairs and the manifest bytes of one entry."""
+def _encode(key: str, matrices: Dict[str, sp.spmatrix], seconds: Dict[str, float],
+            meta: dict) -> Tuple[List[Tuple[bytes, np.ndarray]], bytes]:
+    """(lmdb key, array) pairs and the manifest bytes of one entry: named sparse matrices."""
     arrays: List[Tuple[bytes, np.ndarray]] = []
     listing: Dict[str, dict] = {}
     shapes: Dict[str, List[int]] = {}
-    for name in HomogeneousGraphs.GRAPH_NAMES:
-        m = sp.csr_matrix(getattr(graphs, name))
+    for name in matrices:
+        _check_matrix_name(name)
+        m = sp.csr_matrix(matrices[name])
         shapes[name] = [int(m.shape[0]), int(m.shape[1])]
         index_types = ("<i4", "<i8")
         parts = {
@@ -299,8 +340,8 @@ def _encode(key: str, graphs: HomogeneousGraphs, meta: dict) -> Tuple[List[Tuple
     body.update(
         format_version=int(FORMAT_VERSION),
         key=key,
-        graphs={name: {"shape": shapes[name], "seconds": float(graphs.seconds.get(name, 0.0))}
-                for name in HomogeneousGraphs.GRAPH_NAMES},
+        graphs={name: {"shape": shapes[name], "seconds": float(seconds.get(name, 0.0))}
+                for name in matrices},
         arrays=listing,
     )
     body["manifest_sha256"] = _manifest_digest(body)
@@ -329,15 +370,19 @@ def _parse_manifest(raw: bytes, key: str) -> dict:
     return body
 
 
-def _decode(txn: "lmdb.Transaction", key: str, raw_manifest) -> HomogeneousGraphs:
-    """Verify and load one entry; any inconsistency raises CacheCorruptError."""
+def _decode(txn: "lmdb.Transaction", key: str, raw_manifest,
+            names: Optional[Tuple[str, ...]] = None) -> Tuple[Dict[str, sp.csr_matrix], Dict[str, float]]:
+    """Verify and load one entry -> (matrices by name, build seconds by name); any inconsistency
+    raises CacheCorruptError. ``names``: the matrix names the entry must hold exactly (None: any)."""
     body = _parse_manifest(raw_manifest, key)
     try:
         listing = body["arrays"]
         graph_meta = body["graphs"]
+        if names is not None and sorted(graph_meta) != sorted(names):
+            raise CacheCorruptError(f"entry holds the matrices {sorted(graph_meta)}, expected {sorted(names)}")
         mats = {}
         seconds = {}
-        for name in HomogeneousGraphs.GRAPH_NAMES:
+        for name in (names if names is not None else tuple(graph_meta)):
             n_rows, n_cols = (int(v) for v in graph_meta[name]["shape"])
             seconds[name] = float(graph_meta[name]["seconds"])
             parts = {part: _load_array(txn, key, f"{name}/{part}", listing[f"{name}/{part}"])
@@ -349,7 +394,7 @@ def _decode(txn: "lmdb.Transaction", key: str, raw_manifest) -> HomogeneousGraph
             mats[name] = sp.csr_matrix((values, indices, indptr), shape=(n_rows, n_cols))
     except (KeyError, TypeError, ValueError) as exc:
         raise CacheCorruptError(f"manifest lacks or mangles a field ({type(exc).__name__}: {exc})") from None
-    return HomogeneousGraphs(**mats, seconds=seconds)
+    return mats, seconds
 
 
 def _load_array(txn: "lmdb.Transaction", key: str, name: str, spec: dict) -> np.ndarray:
@@ -488,6 +533,17 @@ class GraphCache:
 
     def get(self, key: str) -> Optional[HomogeneousGraphs]:
         """The stored graphs, or None on a miss. A damaged entry is logged, deleted and missed."""
+        found = self.get_matrices(key, names=HomogeneousGraphs.GRAPH_NAMES)
+        if found is None:
+            return None
+        mats, seconds = found
+        return HomogeneousGraphs(**mats, seconds=seconds)
+
+    def get_matrices(self, key: str, names: Optional[Tuple[str, ...]] = None
+                     ) -> Optional[Tuple[Dict[str, sp.csr_matrix], Dict[str, float]]]:
+        """Any entry as (matrices by name, build seconds by name), or None on a miss. ``names``:
+        the names the entry must hold (None: whatever it holds). A damaged entry is logged,
+        deleted and missed."""
         _check_key(key)
 
         def read(env):
@@ -496,7 +552,7 @@ class GraphCache:
                 if raw is None:
                     return None
                 try:
-                    return _decode(txn, key, bytes(raw))
+                    return _decode(txn, key, bytes(raw), names)
                 except CacheCorruptError as exc:
                     return exc
 
@@ -513,10 +569,17 @@ class GraphCache:
 
         ``meta`` (JSON-able) is kept in the manifest, e.g. parameters and dataset counts.
         """
+        return self.put_matrices(key, {name: getattr(graphs, name) for name in HomogeneousGraphs.GRAPH_NAMES},
+                                 graphs.seconds, meta)
+
+    def put_matrices(self, key: str, matrices: Dict[str, sp.spmatrix],
+                     seconds: Optional[Dict[str, float]] = None, meta: Optional[dict] = None) -> int:
+        """Store named sparse matrices (names: letters, digits, ``_``, ``-``, ``.``) under ``key``
+        atomically, replacing any old entry; returns the bytes stored."""
         _check_key(key)
         base = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_unix": time.time()}
         base.update(meta or {})
-        arrays, manifest = _encode(key, graphs, base)
+        arrays, manifest = _encode(key, dict(matrices), dict(seconds or {}), base)
 
         def write(env):
             with env.begin(write=True) as txn:
@@ -590,6 +653,13 @@ class GraphCache:
         return count
 
 
+def _check_matrix_name(name: str) -> None:
+    if not (isinstance(name, str) and name and name != _MANIFEST
+            and all(c.isalnum() or c in "_-." for c in name) and name.isascii()):
+        raise CacheError(f"cannot store a matrix named {name!r}: use letters, digits, '_', '-', '.' "
+                         f"(not {_MANIFEST!r}).")
+
+
 def _check_key(key: str) -> None:
     if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
         raise CacheError(f"cache key {key!r} is not a sha256 hex digest; use fingerprint().")
@@ -606,10 +676,15 @@ def user_cache_dir() -> Path:
 
 
 def resolve_cache_dir(data: TrainingData, cache_dir: Optional[PathLike] = None) -> Path:
-    """The cache directory for ``data``.
+    """The cache directory for ``data``: :func:`cache_dir_for` its ``.inter`` file."""
+    return cache_dir_for((data.source or {}).get("inter"), cache_dir)
+
+
+def cache_dir_for(inter_file: Optional[PathLike], cache_dir: Optional[PathLike] = None) -> Path:
+    """The cache directory for a dataset whose interactions are read from ``inter_file``.
 
     Order: ``cache_dir`` if given; else ``$MMREC_REARM_CACHE_DIR``; else ``<dataset folder>/
-    .rearm_cache`` (folder of ``data.source["inter"]``) if that folder is writable; else
+    .rearm_cache`` (folder of ``inter_file``) if that folder is writable; else
     :func:`user_cache_dir`. Keys are content hashes, so one directory can serve many datasets.
     """
     if cache_dir is not None:
@@ -617,11 +692,10 @@ def resolve_cache_dir(data: TrainingData, cache_dir: Optional[PathLike] = None) 
     configured = os.environ.get(ENV_VAR)
     if configured:
         return Path(configured).expanduser()
-    inter = (data.source or {}).get("inter")
-    if inter:
+    if inter_file:
         # abspath, not resolve(): a staged dataset folder links each file to a shared source,
         # and resolving the .inter link would put the cache back into that source folder
-        folder = Path(os.path.abspath(os.path.expanduser(str(inter)))).parent
+        folder = Path(os.path.abspath(os.path.expanduser(str(inter_file)))).parent
         target = folder / DEFAULT_DIRNAME
         if os.access(target if target.is_dir() else folder, os.W_OK | os.X_OK):
             return target
@@ -685,10 +759,8 @@ def load_or_build(
     """The homogeneous graphs of ``data`` under ``params``, from the cache or freshly built.
 
     Returns ``(graphs, hit)``. ``cache_dir``: a directory, None for the default (see
-    :func:`resolve_cache_dir`), or False to bypass the cache. Two processes asking for the same key
-    at once build it once: the builder holds ``<key>.lock`` from look-up to store, the other waits
-    and then reads the stored entry. A cache that cannot be used (unwritable, full, damaged beyond
-    repair) never stops the build: a warning names the path and the graphs are built uncached.
+    :func:`resolve_cache_dir`), or False to bypass the cache. Locking and failure handling: see
+    :func:`load_or_build_matrices`.
     """
     say = progress or (lambda _msg: None)
     if cache_dir is True:
@@ -700,34 +772,67 @@ def load_or_build(
     key = fingerprint(data, params)
     feature_mb = sum(a.nbytes for a in data.features.values()) / 1e6
     say(f"fingerprint {key[:12]} ({feature_mb:.1f} MB of features) in {time.perf_counter() - t0:.2f} s")
-    directory = resolve_cache_dir(data, cache_dir)
+
+    def build():
+        graphs = _build(data, params, progress)
+        return {name: getattr(graphs, name) for name in HomogeneousGraphs.GRAPH_NAMES}, graphs.seconds
+
+    mats, seconds, hit = load_or_build_matrices(
+        key, build, resolve_cache_dir(data, cache_dir), meta=lambda: _meta(data, params),
+        names=HomogeneousGraphs.GRAPH_NAMES, progress=progress)
+    return HomogeneousGraphs(**mats, seconds=seconds), hit
+
+
+def load_or_build_matrices(
+    key: str,
+    build: Callable[[], Tuple[Dict[str, sp.spmatrix], Dict[str, float]]],
+    directory: PathLike,
+    *,
+    meta: Optional[Callable[[], dict]] = None,
+    names: Optional[Tuple[str, ...]] = None,
+    progress: Progress = None,
+) -> Tuple[Dict[str, sp.spmatrix], Dict[str, float], bool]:
+    """Named sparse matrices under ``key`` (e.g. :func:`content_key`) from the cache in
+    ``directory``, or ``build()`` -> (matrices, seconds) and store them. Returns ``(matrices,
+    seconds, hit)``; ``names``: what a stored entry must hold; ``meta()``: JSON-able manifest extras.
+
+    Two processes asking for the same key at once build it once: the builder holds
+    ``<key>.lock`` from look-up to store, the other waits and then reads the stored entry. A cache
+    that cannot be used (unwritable, full, damaged beyond repair) never stops the build: a warning
+    names the path and the matrices are built uncached.
+    """
+    say = progress or (lambda _msg: None)
+
+    def built():
+        mats, seconds = build()
+        return mats, seconds, False
 
     try:
         cache = GraphCache(directory)
-        graphs = cache.get(key)  # fast path: a hit needs no lock
+        found = cache.get_matrices(key, names)  # fast path: a hit needs no lock
     except CacheError as exc:
         logger.warning("graph cache unusable, building without it: %s", exc)
-        return _build(data, params, progress), False
-    if graphs is not None:
+        return built()
+    if found is not None:
         say(f"cache hit in {cache.path}")
-        return graphs, True
+        return found[0], found[1], True
 
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(cache.lock(
                 key, on_wait=lambda m: say(m + " (another process or thread is building these graphs)")))
-            graphs = cache.get(key)  # the process we waited for may have stored it
+            found = cache.get_matrices(key, names)  # the process we waited for may have stored it
         except (CacheError, OSError) as exc:
             logger.warning("graph cache %s unusable, building without it: %s", directory, exc)
-            return _build(data, params, progress), False
-        if graphs is not None:
+            return built()
+        if found is not None:
             say(f"cache hit in {cache.path} (built by another process)")
-            return graphs, True
+            return found[0], found[1], True
         say(f"cache miss in {cache.path}; building graphs")
-        graphs = _build(data, params, progress)
+        mats, seconds, _ = built()
         try:
-            stored = cache.put(key, graphs, _meta(data, params))
+            stored = cache.put_matrices(key, mats, seconds, meta() if meta is not None else None)
             say(f"stored {stored / 1e6:.1f} MB in {cache.path}")
         except CacheError as exc:
             logger.warning("graphs built but not cached: %s", exc)
-        return graphs, False
+        return mats, seconds, False

@@ -4,8 +4,9 @@ MMRec finds a model by file name: ``-m REARM`` imports ``src/models/rearm.py`` a
 attribute ``REARM``; its configuration is read from ``src/configs/model/REARM.yaml`` (after
 ``overall.yaml`` and ``src/configs/dataset/<dataset>.yaml``). So installing means writing:
 
-* ``src/models/rearm.py``: a shim that re-exports :class:`mmrec_rearm.model.rearm.REARM`; it needs
-  ``mmrec-rearm`` to be pip-installed in the environment that runs MMRec;
+* ``src/models/rearm.py``: a shim that re-exports :class:`mmrec_rearm.model.rearm.REARM`, and one
+  such line per baseline of :data:`SHIMS` (``micro.py``, ``diffmm.py``); they need ``mmrec-rearm``
+  to be pip-installed in the environment that runs MMRec;
 * each ``configs/model/*.yaml`` / ``configs/dataset/*.yaml`` shipped with this package, into
   ``src/configs/model/`` / ``src/configs/dataset/``.
 
@@ -34,7 +35,7 @@ from typing import Callable, Dict, List, Mapping, Optional, TextIO, Tuple, Union
 from .errors import InstallError
 
 __all__ = [
-    "MARKER", "DATA_MARKER_FILE", "SHIM_RELPATH", "REQUIRED", "QuickstartResult",
+    "MARKER", "DATA_MARKER_FILE", "SHIM_RELPATH", "SHIMS", "shim_files", "REQUIRED", "QuickstartResult",
     "find_checkout", "package_configs_dir", "planned_files", "install", "uninstall",
     "quickstart", "parse_final_metrics",
 ]
@@ -48,6 +49,22 @@ MARKER = "# written by mmrec-rearm install; remove with: mmrec-rearm uninstall"
 DATA_MARKER_FILE = ".mmrec-rearm"
 SHIM_RELPATH = Path("src", "models", "rearm.py")
 SHIM_BODY = "from mmrec_rearm.model.rearm import REARM  # noqa: F401\n"
+
+# ---- model shims: one line each, src/models/<name lower>.py (MMRec imports a model by file name)
+#: MMRec model name -> the module of this package that defines the class of that name.
+SHIMS: Dict[str, str] = {
+    "REARM": "mmrec_rearm.model.rearm",
+    "MICRO": "mmrec_rearm.baselines.micro",
+    "DiffMM": "mmrec_rearm.baselines.diffmm",
+}
+
+
+def shim_files() -> Dict[Path, str]:
+    """Relative path -> body (without the marker) of every model shim of :data:`SHIMS`."""
+    return {Path("src", "models", f"{name.lower()}.py"): f"from {module} import {name}  # noqa: F401\n"
+            for name, module in SHIMS.items()}
+# ---- end of model shims
+
 #: What makes a folder an MMRec checkout (relative to its root).
 REQUIRED = ("src/main.py", "src/models/", "src/configs/model/", "src/common/abstract_recommender.py")
 #: Package config sub-folder -> destination inside the checkout.
@@ -115,7 +132,7 @@ def _marked(text: str) -> str:
 
 def planned_files(root: Path) -> Dict[Path, str]:
     """Every file :func:`install` writes under checkout ``root`` -> its full content."""
-    files = {root / SHIM_RELPATH: _marked(SHIM_BODY)}
+    files = {root / rel: _marked(body) for rel, body in shim_files().items()}
     configs = package_configs_dir()
     for sub, destination in CONFIG_DESTINATIONS.items():
         folder = configs / sub
@@ -195,9 +212,10 @@ def uninstall(mmrec_dir: PathLike, *, report: Report = print) -> List[Path]:
             if _is_ours(path):
                 path.unlink()
                 removed.append(path)
-    for pyc in sorted((root / "src" / "models" / "__pycache__").glob("rearm.*.pyc")):
-        pyc.unlink()
-        removed.append(pyc)
+    for rel in shim_files():
+        for pyc in sorted((root / rel.parent / "__pycache__").glob(f"{rel.stem}.*.pyc")):
+            pyc.unlink()
+            removed.append(pyc)
     data_root = _data_root(root)
     if data_root.is_dir():
         for folder in sorted(p for p in data_root.iterdir() if p.is_dir() and not p.is_symlink()):
@@ -338,7 +356,7 @@ quick_start(model=job["model"], dataset=job["dataset"], config_dict=config, save
 def _check_importable(python: str, module: str) -> None:
     done = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
     if done.returncode != 0:
-        raise InstallError(f"{python} cannot import {module} (needed by src/models/rearm.py): install "
+        raise InstallError(f"{python} cannot import {module} (needed by the shims in src/models/): install "
                            f"mmrec-rearm into MMRec's environment (pip install mmrec-rearm, or "
                            f"pip install -e <this repository>) or pass python=...\n{done.stderr[-2000:]}")
 
@@ -382,8 +400,9 @@ def quickstart(
     root = find_checkout(mmrec_dir)
     installed = install(root, report=report)
     installed += _place_demo_dataset(root, dataset, n_users, n_items, seed, report)
-    if Path("src", "models", f"{model.lower()}.py") == SHIM_RELPATH:
-        _check_importable(python, "mmrec_rearm.model.rearm")
+    ours = {name.lower(): module for name, module in SHIMS.items()}
+    if model.lower() in ours:
+        _check_importable(python, ours[model.lower()])
 
     job = {"model": model, "dataset": dataset, "single_point": bool(single_point),
            "config": {"epochs": int(epochs), **dict(config or {})}}

@@ -104,19 +104,25 @@ def read_dataset_yaml(dataset: Optional[str], configs_dir: Optional[os.PathLike]
 
 
 def resolve(get: Callable[[str], Any], dataset: Optional[str],
-            dataset_yaml: Optional[Mapping[str, Any]] = None) -> ResolvedSettings:
-    """Fill :data:`PRESET_KEYS` by the rule of this module.
+            dataset_yaml: Optional[Mapping[str, Any]] = None, *,
+            presets: Optional[Mapping[str, Mapping[str, Any]]] = None, fallback: Optional[str] = None,
+            model: str = "REARM") -> ResolvedSettings:
+    """Fill the preset keys by the rule of this module.
 
     ``get(key)`` returns the configuration's value or None; ``dataset_yaml`` the dataset YAML's
-    mapping (default: :func:`read_dataset_yaml`).
+    mapping (default: :func:`read_dataset_yaml`). ``presets`` (preset name -> {key: value}, every
+    preset with the same keys), ``fallback`` and ``model`` (the YAML named in messages) default to
+    REARM's; other models (the baselines) pass their own table.
     """
+    presets = PRESETS if presets is None else presets
+    fallback = FALLBACK_PRESET if fallback is None else fallback
     name = (dataset or "").lower()
-    known = name in PRESETS
-    preset = name if known else FALLBACK_PRESET
+    known = name in presets
+    preset = name if known else fallback
     if dataset_yaml is None:
         dataset_yaml = read_dataset_yaml(dataset)
     values, origin = {}, {}
-    for key in PRESET_KEYS:
+    for key in presets[fallback]:
         value = get(key)
         if value is not None:
             values[key], origin[key] = value, "config"
@@ -124,23 +130,23 @@ def resolve(get: Callable[[str], Any], dataset: Optional[str],
             if isinstance(dataset_yaml[key], (list, tuple)):
                 raise ConfigError(
                     f"configs/dataset/{dataset}.yaml gives '{key}' the list {list(dataset_yaml[key])}: "
-                    f"MMRec reads REARM.yaml after the dataset YAML, and its '{key}: ~' hides such a "
-                    f"grid. Put the list and hyper_parameters in REARM.yaml or in config_dict instead.")
+                    f"MMRec reads {model}.yaml after the dataset YAML, and its '{key}: ~' hides such a "
+                    f"grid. Put the list and hyper_parameters in {model}.yaml or in config_dict instead.")
             values[key], origin[key] = dataset_yaml[key], "dataset yaml"
         else:
-            values[key], origin[key] = PRESETS[preset][key], "preset"
+            values[key], origin[key] = presets[preset][key], "preset"
     return ResolvedSettings(values, preset, known, origin)
 
 
-def describe(resolved: ResolvedSettings, dataset: Optional[str]) -> str:
+def describe(resolved: ResolvedSettings, dataset: Optional[str], model: str = "REARM") -> str:
     """One log line: the preset applied and every dataset-dependent key=value with its origin."""
     if resolved.known_dataset:
-        head = f"REARM preset '{resolved.preset}' for dataset '{dataset}'"
+        head = f"{model} preset '{resolved.preset}' for dataset '{dataset}'"
     else:
-        head = (f"REARM: no preset for dataset '{dataset}', using the '{resolved.preset}' preset "
+        head = (f"{model}: no preset for dataset '{dataset}', using the '{resolved.preset}' preset "
                 "for unset keys")
     parts = []
-    for key in PRESET_KEYS:
+    for key in resolved.values:
         mark = "" if resolved.origin[key] == "preset" else f" ({resolved.origin[key]})"
         parts.append(f"{key}={resolved.values[key]}{mark}")
     return f"{head}: " + ", ".join(parts)
