@@ -104,19 +104,24 @@ def read_dataset_yaml(dataset: Optional[str], configs_dir: Optional[os.PathLike]
 
 
 def resolve(get: Callable[[str], Any], dataset: Optional[str],
-            dataset_yaml: Optional[Mapping[str, Any]] = None) -> ResolvedSettings:
-    """Fill :data:`PRESET_KEYS` by the rule of this module.
+            dataset_yaml: Optional[Mapping[str, Any]] = None,
+            presets: Optional[Mapping[str, Mapping[str, Any]]] = None,
+            fallback: str = FALLBACK_PRESET, owner: str = "REARM") -> ResolvedSettings:
+    """Fill the preset keys by the rule of this module.
 
     ``get(key)`` returns the configuration's value or None; ``dataset_yaml`` the dataset YAML's
-    mapping (default: :func:`read_dataset_yaml`).
+    mapping (default: :func:`read_dataset_yaml`). ``presets`` (default: REARM's :data:`PRESETS`)
+    maps dataset name -> {key: value}; its ``fallback`` entry serves unknown datasets and names
+    the keys. ``owner`` is the model name used in messages.
     """
+    presets = PRESETS if presets is None else presets
     name = (dataset or "").lower()
-    known = name in PRESETS
-    preset = name if known else FALLBACK_PRESET
+    known = name in presets
+    preset = name if known else fallback
     if dataset_yaml is None:
         dataset_yaml = read_dataset_yaml(dataset)
     values, origin = {}, {}
-    for key in PRESET_KEYS:
+    for key in presets[fallback]:
         value = get(key)
         if value is not None:
             values[key], origin[key] = value, "config"
@@ -124,23 +129,23 @@ def resolve(get: Callable[[str], Any], dataset: Optional[str],
             if isinstance(dataset_yaml[key], (list, tuple)):
                 raise ConfigError(
                     f"configs/dataset/{dataset}.yaml gives '{key}' the list {list(dataset_yaml[key])}: "
-                    f"MMRec reads REARM.yaml after the dataset YAML, and its '{key}: ~' hides such a "
-                    f"grid. Put the list and hyper_parameters in REARM.yaml or in config_dict instead.")
+                    f"MMRec reads {owner}.yaml after the dataset YAML, and its '{key}: ~' hides such a "
+                    f"grid. Put the list and hyper_parameters in {owner}.yaml or in config_dict instead.")
             values[key], origin[key] = dataset_yaml[key], "dataset yaml"
         else:
-            values[key], origin[key] = PRESETS[preset][key], "preset"
+            values[key], origin[key] = presets[preset][key], "preset"
     return ResolvedSettings(values, preset, known, origin)
 
 
-def describe(resolved: ResolvedSettings, dataset: Optional[str]) -> str:
+def describe(resolved: ResolvedSettings, dataset: Optional[str], owner: str = "REARM") -> str:
     """One log line: the preset applied and every dataset-dependent key=value with its origin."""
     if resolved.known_dataset:
-        head = f"REARM preset '{resolved.preset}' for dataset '{dataset}'"
+        head = f"{owner} preset '{resolved.preset}' for dataset '{dataset}'"
     else:
-        head = (f"REARM: no preset for dataset '{dataset}', using the '{resolved.preset}' preset "
+        head = (f"{owner}: no preset for dataset '{dataset}', using the '{resolved.preset}' preset "
                 "for unset keys")
     parts = []
-    for key in PRESET_KEYS:
+    for key in resolved.values:
         mark = "" if resolved.origin[key] == "preset" else f" ({resolved.origin[key]})"
         parts.append(f"{key}={resolved.values[key]}{mark}")
     return f"{head}: " + ", ".join(parts)
@@ -234,46 +239,46 @@ class RearmSettings:
                 f"graph={self.graph}")
 
 
-def _scalar(key: str, value: Any) -> Any:
+def _scalar(key: str, value: Any, owner: str = "REARM") -> Any:
     if isinstance(value, (list, tuple)):
         raise ConfigError(
-            f"REARM config key '{key}' has the list value {list(value)}; a model gets one value per "
+            f"{owner} config key '{key}' has the list value {list(value)}; a model gets one value per "
             f"run. To grid-search it, list '{key}' in hyper_parameters (MMRec then passes each value "
             "in turn); otherwise give a single value.")
     return value
 
 
 def _number(key: str, value: Any, kind: type, low: float, high: float = float("inf"),
-            low_open: bool = False) -> Any:
-    value = _scalar(key, value)
+            low_open: bool = False, owner: str = "REARM") -> Any:
+    value = _scalar(key, value, owner)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"REARM config key '{key}' must be a number, got {value!r}.")
+        raise ConfigError(f"{owner} config key '{key}' must be a number, got {value!r}.")
     if kind is int:
         if float(value) != int(value):
-            raise ConfigError(f"REARM config key '{key}' must be an integer, got {value!r}.")
+            raise ConfigError(f"{owner} config key '{key}' must be an integer, got {value!r}.")
         value = int(value)
     else:
         value = float(value)
     too_low = value <= low if low_open else value < low
     if too_low or value > high:
         bounds = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ConfigError(f"REARM config key '{key}' must lie in {bounds}, got {value!r}.")
+        raise ConfigError(f"{owner} config key '{key}' must lie in {bounds}, got {value!r}.")
     return value
 
 
-def _flag(key: str, value: Any) -> bool:
-    value = _scalar(key, value)
+def _flag(key: str, value: Any, owner: str = "REARM") -> bool:
+    value = _scalar(key, value, owner)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise ConfigError(f"REARM config key '{key}' must be true or false, got {value!r}.")
+    raise ConfigError(f"{owner} config key '{key}' must be true or false, got {value!r}.")
 
 
-def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    value = _scalar(key, value)
+def _choice(key: str, value: Any, choices: Sequence[str], owner: str = "REARM") -> str:
+    value = _scalar(key, value, owner)
     if not isinstance(value, str) or value.lower() not in choices:
-        raise ConfigError(f"REARM config key '{key}' must be one of {', '.join(choices)}; got {value!r}.")
+        raise ConfigError(f"{owner} config key '{key}' must be one of {', '.join(choices)}; got {value!r}.")
     return value.lower()
 
 

@@ -1,0 +1,182 @@
+"""What the graph baselines (ApeGNN, MGDN, MIG-GT) share on top of MMRec's ``GeneralRecommender``:
+validated settings with optional per-dataset presets, the training matrix and its normalised graph,
+edge dropout on a fixed :class:`~mmrec_rearm.model.layers.SparseGraph`, and scoring from
+representations that are computed once per evaluation pass.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..data import training_matrix
+from ..errors import ConfigError
+from ..host import BaseRecommender, config_value
+from ..model.layers import SparseGraph, normalized_interaction_graph
+from ..model.presets import _choice, _flag, _number, describe, resolve
+
+__all__ = ["Settings", "EdgeDropout", "GraphRecommender"]
+
+
+class Settings:
+    """Reads one model's keys from MMRec's ``Config`` (or a mapping), validating each.
+
+    With ``presets`` (dataset name -> {key: value}, e.g. the authors' per-dataset settings), a key
+    of the presets that is unset (``~``) is filled by the rule of
+    :func:`mmrec_rearm.model.presets.resolve`: the run's config, else the dataset YAML, else the
+    dataset's preset, else the ``fallback`` preset. Every value read is kept in :attr:`values`.
+    """
+
+    def __init__(self, config: Any, owner: str,
+                 presets: Optional[Mapping[str, Mapping[str, Any]]] = None, fallback: str = "baby"):
+        self.owner = owner
+        self.get = lambda key, default=None: config_value(config, key, default)  # noqa: E731
+        self.dataset = str(self.get("dataset", "") or "")
+        self.resolved = (resolve(lambda key: self.get(key), self.dataset, presets=presets,
+                                 fallback=fallback, owner=owner) if presets else None)
+        self.values: Dict[str, Any] = {}
+
+    def _raw(self, key: str, default: Any) -> Any:
+        if self.resolved is not None and key in self.resolved.values:
+            return self.resolved.values[key]
+        return self.get(key, default)
+
+    def _keep(self, key: str, value: Any) -> Any:
+        self.values[key] = value
+        return value
+
+    def integer(self, key: str, default: int, low: float = 0, high: float = float("inf")) -> int:
+        return self._keep(key, _number(key, self._raw(key, default), int, low, high, owner=self.owner))
+
+    def real(self, key: str, default: float, low: float = 0.0, high: float = float("inf"),
+             low_open: bool = False) -> float:
+        return self._keep(key, _number(key, self._raw(key, default), float, low, high, low_open,
+                                       owner=self.owner))
+
+    def rate(self, key: str, default: float) -> float:
+        """A dropout rate in [0, 1)."""
+        value = self.real(key, default, 0.0, 1.0)
+        if value >= 1.0:
+            raise ConfigError(f"{self.owner} config key '{key}' is a dropout rate and must lie in "
+                              f"[0, 1), got {value!r}.")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        return self._keep(key, _flag(key, self._raw(key, default), owner=self.owner))
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        return self._keep(key, _choice(key, self._raw(key, default), choices, owner=self.owner))
+
+    def summary(self) -> str:
+        """Log lines: the preset applied (if any) and every setting."""
+        head = describe(self.resolved, self.dataset, owner=self.owner) + "\n" if self.resolved else ""
+        return head + f"{self.owner} settings: " + ", ".join(f"{k}={v}" for k, v in self.values.items())
+
+
+class EdgeDropout:
+    """Edge-dropped copies of a fixed graph ``A`` (n, n): each stored entry ``a_ij`` is kept with
+    probability ``1 - p`` (independently of ``a_ji``: dropout on the list of directed edges, as
+    ``nn.Dropout`` on a DGL graph's edge weights does) and scaled by ``1 / (1 - p)``.
+
+    The storage order of ``A^T`` is computed once, so a draw costs one uniform vector of nnz
+    numbers and two CSR tensors sharing ``A``'s index arrays. Draws come from torch's global
+    generator (MMRec seeds it).
+    """
+
+    def __init__(self, graph: SparseGraph):
+        self.graph = graph
+        crow = graph.forward_matrix.crow_indices().cpu().numpy()
+        cols = graph.forward_matrix.col_indices().cpu().numpy()
+        rows = np.repeat(np.arange(graph.shape[0]), np.diff(crow))
+        order = np.lexsort((rows, cols))  # by column, then row: the CSR order of A^T
+        t_crow = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=graph.shape[1]))])
+        self._transpose = tuple(torch.from_numpy(a.astype(np.int64)) for a in (t_crow, rows[order], order))
+
+    def __call__(self, p: float) -> SparseGraph:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"edge dropout rate must lie in [0, 1), got {p}")
+        if p == 0.0:
+            return self.graph
+        forward = self.graph.forward_matrix
+        values = forward.values()
+        kept = values * (torch.rand(values.shape, device=values.device) >= p).to(values.dtype) / (1.0 - p)
+        t_crow, t_cols, order = (t.to(values.device) for t in self._transpose)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            dropped = torch.sparse_csr_tensor(forward.crow_indices(), forward.col_indices(), kept,
+                                              size=self.graph.shape, check_invariants=False)
+            dropped_t = torch.sparse_csr_tensor(t_crow, t_cols, kept[order],
+                                                size=self.graph.shape[::-1], check_invariants=False)
+        return SparseGraph.from_tensors(dropped, dropped_t)
+
+
+class GraphRecommender(BaseRecommender):
+    """Base of the graph baselines. Subclasses implement :meth:`forward` (all users' and all
+    items' final representations, ``(n_users, D)`` and ``(n_items, D)``) and ``calculate_loss``.
+
+    Provides :attr:`interactions` (the training matrix ``(n_users, n_items)``, 0/1 float32 CSR,
+    duplicates merged), :meth:`interaction_graph` (subclasses keep theirs in :attr:`graph`),
+    :meth:`step_graph` (edge dropout) and MMRec's scoring: in eval mode the
+    representations are computed once and reused for every evaluation batch (and for valid and
+    test) until a parameter or buffer changes or training resumes.
+    """
+
+    def __init__(self, config: Any, dataloader: Any):
+        super().__init__(config, dataloader)
+        coo = dataloader.inter_matrix(form="coo")
+        self.interactions = training_matrix(coo.row, coo.col, self.n_users, self.n_items)
+        self.graph: Optional[SparseGraph] = None  # set by the subclass (interaction_graph)
+        self._edge_dropout: Optional[EdgeDropout] = None
+        self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device) if self.device is not None else torch.device("cpu")
+
+    def interaction_graph(self, self_loops: bool = False) -> SparseGraph:
+        """``D^-1/2 (A [+ I]) D^-1/2`` of the bipartite training graph, (N, N) with users first."""
+        return SparseGraph(normalized_interaction_graph(self.interactions, self_loops=self_loops),
+                           self.torch_device)
+
+    def step_graph(self, drop_rate: float) -> SparseGraph:
+        """:attr:`graph`, edge-dropped at ``drop_rate`` (a fresh draw per call) in training mode."""
+        if not self.training or drop_rate == 0.0:
+            return self.graph
+        if self._edge_dropout is None or self._edge_dropout.graph is not self.graph:
+            self._edge_dropout = EdgeDropout(self.graph)
+        return self._edge_dropout(drop_rate)
+
+    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._eval_cache = None
+        return super().train(mode)
+
+    def _state_version(self) -> Tuple[int, ...]:
+        return tuple(t._version for t in list(self.parameters()) + list(self.buffers()))
+
+    def representations(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``forward()`` without gradients; cached in eval mode (see the class docstring)."""
+        if self.training:
+            with torch.no_grad():
+                return self.forward()
+        version = self._state_version()
+        if self._eval_cache is None or self._eval_cache[0] != version:
+            with torch.no_grad():
+                users, items = self.forward()
+            self._eval_cache = (version, users, items)
+        return self._eval_cache[1], self._eval_cache[2]
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        """Scores of the batch users (``interaction[0]``, (b,)) against all items -> (b, n_items)."""
+        users, items = self.representations()
+        return users[interaction[0]] @ items.t()
+
+    def predict(self, interaction) -> torch.Tensor:
+        """Scores of (user, item) pairs ``interaction[0]``, ``interaction[1]`` (b,) -> (b,)."""
+        users, items = self.representations()
+        return (users[interaction[0]] * items[interaction[1]]).sum(-1)
