@@ -5,7 +5,8 @@ attribute ``REARM``; its configuration is read from ``src/configs/model/REARM.ya
 ``overall.yaml`` and ``src/configs/dataset/<dataset>.yaml``). So installing means writing:
 
 * ``src/models/rearm.py``: a shim that re-exports :class:`mmrec_rearm.model.rearm.REARM`; it needs
-  ``mmrec-rearm`` to be pip-installed in the environment that runs MMRec;
+  ``mmrec-rearm`` to be pip-installed in the environment that runs MMRec; likewise one shim per
+  Table-2 baseline of :data:`SHIMS` (``src/models/<name lower>.py``);
 * each ``configs/model/*.yaml`` / ``configs/dataset/*.yaml`` shipped with this package, into
   ``src/configs/model/`` / ``src/configs/dataset/``.
 
@@ -34,7 +35,7 @@ from typing import Callable, Dict, List, Mapping, Optional, TextIO, Tuple, Union
 from .errors import InstallError
 
 __all__ = [
-    "MARKER", "DATA_MARKER_FILE", "SHIM_RELPATH", "REQUIRED", "QuickstartResult",
+    "MARKER", "DATA_MARKER_FILE", "SHIM_RELPATH", "SHIMS", "REQUIRED", "QuickstartResult",
     "find_checkout", "package_configs_dir", "planned_files", "install", "uninstall",
     "quickstart", "parse_final_metrics",
 ]
@@ -46,8 +47,16 @@ Report = Optional[Callable[[str], None]]
 MARKER = "# written by mmrec-rearm install; remove with: mmrec-rearm uninstall"
 #: File inside a dataset folder that quickstart generated (content: MARKER).
 DATA_MARKER_FILE = ".mmrec-rearm"
+# ---- model shims: MMRec model name -> module holding the class of that name; each shim is the one
+# line src/models/<name lower>.py importing it. MIGGT is the REARM paper's "MIG-GT".
+SHIMS: Dict[str, str] = {
+    "REARM": "mmrec_rearm.model.rearm",
+    "ApeGNN": "mmrec_rearm.baselines.apegnn",  # Table-2 baselines MMRec lacks
+    "MGDN": "mmrec_rearm.baselines.mgdn",
+    "MIGGT": "mmrec_rearm.baselines.miggt",
+}
+# ----
 SHIM_RELPATH = Path("src", "models", "rearm.py")
-SHIM_BODY = "from mmrec_rearm.model.rearm import REARM  # noqa: F401\n"
 #: What makes a folder an MMRec checkout (relative to its root).
 REQUIRED = ("src/main.py", "src/models/", "src/configs/model/", "src/common/abstract_recommender.py")
 #: Package config sub-folder -> destination inside the checkout.
@@ -115,7 +124,8 @@ def _marked(text: str) -> str:
 
 def planned_files(root: Path) -> Dict[Path, str]:
     """Every file :func:`install` writes under checkout ``root`` -> its full content."""
-    files = {root / SHIM_RELPATH: _marked(SHIM_BODY)}
+    files = {root / "src" / "models" / f"{model.lower()}.py":
+             _marked(f"from {module} import {model}  # noqa: F401\n") for model, module in SHIMS.items()}
     configs = package_configs_dir()
     for sub, destination in CONFIG_DESTINATIONS.items():
         folder = configs / sub
@@ -183,7 +193,7 @@ def uninstall(mmrec_dir: PathLike, *, report: Report = print) -> List[Path]:
 
     Removes the files whose first line is :data:`MARKER` in ``src/models/*.py``,
     ``src/configs/model/*.yaml`` and ``src/configs/dataset/*.yaml``, the compiled
-    ``src/models/__pycache__/rearm.*.pyc`` (git-ignored by MMRec, but stale once the shim is gone) and
+    ``src/models/__pycache__/<shim>.*.pyc`` (git-ignored by MMRec, but stale once the shim is gone) and
     every dataset folder under MMRec's data folder that holds :data:`DATA_MARKER_FILE`. Files without
     the marker are left alone, so ``git status`` returns to its state before :func:`install` /
     :func:`quickstart` (MMRec's own logs under ``src/log/`` are kept; git ignores ``*.log``).
@@ -195,9 +205,10 @@ def uninstall(mmrec_dir: PathLike, *, report: Report = print) -> List[Path]:
             if _is_ours(path):
                 path.unlink()
                 removed.append(path)
-    for pyc in sorted((root / "src" / "models" / "__pycache__").glob("rearm.*.pyc")):
-        pyc.unlink()
-        removed.append(pyc)
+    for model in SHIMS:
+        for pyc in sorted((root / "src" / "models" / "__pycache__").glob(f"{model.lower()}.*.pyc")):
+            pyc.unlink()
+            removed.append(pyc)
     data_root = _data_root(root)
     if data_root.is_dir():
         for folder in sorted(p for p in data_root.iterdir() if p.is_dir() and not p.is_symlink()):
@@ -338,7 +349,7 @@ quick_start(model=job["model"], dataset=job["dataset"], config_dict=config, save
 def _check_importable(python: str, module: str) -> None:
     done = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
     if done.returncode != 0:
-        raise InstallError(f"{python} cannot import {module} (needed by src/models/rearm.py): install "
+        raise InstallError(f"{python} cannot import {module} (needed by its shim in src/models/): install "
                            f"mmrec-rearm into MMRec's environment (pip install mmrec-rearm, or "
                            f"pip install -e <this repository>) or pass python=...\n{done.stderr[-2000:]}")
 
@@ -382,8 +393,8 @@ def quickstart(
     root = find_checkout(mmrec_dir)
     installed = install(root, report=report)
     installed += _place_demo_dataset(root, dataset, n_users, n_items, seed, report)
-    if Path("src", "models", f"{model.lower()}.py") == SHIM_RELPATH:
-        _check_importable(python, "mmrec_rearm.model.rearm")
+    if model in SHIMS:
+        _check_importable(python, SHIMS[model])
 
     job = {"model": model, "dataset": dataset, "single_point": bool(single_point),
            "config": {"epochs": int(epochs), **dict(config or {})}}

@@ -37,12 +37,10 @@ from ..errors import DatasetError
 from .base import GraphRecommender, Settings
 from .diffusion import info_bpr_loss, markov_diffusion, with_uniform_negatives
 
-__all__ = ["MIGGT", "PRESETS", "PAPER_NAME"]
+__all__ = ["MIGGT", "PRESETS", "feature_encoder", "random_projection"]
 
 logger = logging.getLogger(__name__)
 
-#: The row name of this model in the REARM paper's Table 2.
-PAPER_NAME = "MIG-GT"
 #: Attention width and residual share of the global transformer (fixed in the authors' code).
 ATTENTION_UNITS = 4
 ATTENTION_SHARE = 0.1
