@@ -122,9 +122,13 @@ def test_markov_diffusion_equals_its_closed_form():
 
 def test_info_bpr_with_one_negative_is_bpr_and_negatives_mix_host_and_uniform():
     torch.manual_seed(0)
-    u, p, n = torch.randn(8, 4), torch.randn(8, 4), torch.randn(8, 1, 4)
-    expected = torch.nn.functional.softplus((u * n[:, 0]).sum(-1) - (u * p).sum(-1))
-    torch.testing.assert_close(info_bpr_loss(u, p, n), expected)
+    users, items = torch.randn(8, 4, dtype=torch.float64), torch.randn(30, 4, dtype=torch.float64)
+    p, n = torch.randint(0, 30, (8,)), torch.randint(0, 30, (8, 1))
+    expected = torch.nn.functional.softplus((users * items[n[:, 0]]).sum(-1) - (users * items[p]).sum(-1))
+    torch.testing.assert_close(info_bpr_loss(users, items, p, n), expected)
+    many = torch.randint(0, 30, (8, 5))  # 30 <= 40 * 5: scored through the full product
+    logits = torch.cat([(users * items[p]).sum(-1, keepdim=True), torch.einsum("bd,bmd->bm", users, items[many])], 1)
+    torch.testing.assert_close(info_bpr_loss(users, items, p, many), torch.logsumexp(logits, 1) - logits[:, 0])
     host = torch.arange(8)
     mixed = with_uniform_negatives(host, 5, n_items=30)
     assert mixed.shape == (8, 5) and torch.equal(mixed[:, 0], host) and int(mixed.max()) < 30

@@ -40,10 +40,20 @@ def markov_diffusion(graph: SparseGraph, x: torch.Tensor, k: int, alpha: float, 
     return h / diffusion_gamma(alpha, beta, k)
 
 
-def info_bpr_loss(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """Per-pair InfoBPR: users (b, d), positives (b, d), negatives (b, m, d) -> (b,)."""
-    pos = (users * positives).sum(-1, keepdim=True)
-    neg = torch.bmm(negatives, users.unsqueeze(-1)).squeeze(-1)
+def info_bpr_loss(users: torch.Tensor, items: torch.Tensor, positives: torch.Tensor,
+                  negatives: torch.Tensor) -> torch.Tensor:
+    """Per-pair InfoBPR: users (b, d) against the rows ``positives`` (b,) and ``negatives`` (b, m)
+    of the item table ``items`` (n_items, d) -> (b,).
+
+    With many negatives per pair and few items it is cheaper to score every item with one matrix
+    product and pick the negatives' scores than to gather b * m item rows (on one CPU thread, TikTok's
+    6,710 items with m = 300: 0.5 s against 1.1 s per batch of 2048 with its backward; Clothing's
+    23,033 items: 2.2 s against 1.3 s), hence the switch at ``n_items <= 40 m``. Same values."""
+    pos = (users * items[positives]).sum(-1, keepdim=True)
+    if items.shape[0] <= 40 * negatives.shape[1]:
+        neg = torch.gather(users @ items.t(), 1, negatives)
+    else:
+        neg = torch.bmm(items[negatives], users.unsqueeze(-1)).squeeze(-1)
     logits = torch.cat([pos, neg], dim=1)
     return F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long), reduction="none")
 

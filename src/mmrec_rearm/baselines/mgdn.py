@@ -69,7 +69,7 @@ class MGDN(GraphRecommender):
                    negatives: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(summed InfoBPR, L2 term) for pairs ``users``/``positives`` (b,) and ``negatives`` (b, m)."""
         user_z, item_z = self.forward()
-        ranking = info_bpr_loss(user_z[users], item_z[positives], item_z[negatives]).sum()
+        ranking = info_bpr_loss(user_z[users], item_z, positives, negatives).sum()
         l2 = self.l2_coef * 0.5 * (user_z.pow(2).sum() + item_z.pow(2).sum())
         return ranking, l2
 

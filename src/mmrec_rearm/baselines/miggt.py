@@ -61,11 +61,12 @@ _TABLE: Dict[str, Tuple[Any, Any, Any]] = {
     "l2_coef": (1e-5, 1e-4, 1e-5),
     "num_samples": (10, 10, 20),
 }
-#: dataset -> {key: value}; the learning rates the authors use, for the log's check.
+#: dataset -> {key: value}
 PRESETS: Dict[str, Dict[str, Any]] = {
     name: {key: values[i] for key, values in _TABLE.items()}
     for i, name in enumerate(("baby", "sports", "clothing"))
 }
+# dataset -> the authors' (learning rate, per-epoch decay): MMRec host keys, checked in the log only
 _AUTHOR_LR = {"baby": (1e-2, 0.99), "sports": (1e-2, 0.99), "clothing": (1e-3, 0.999)}
 
 
@@ -195,7 +196,7 @@ class MIGGT(GraphRecommender):
         z, sequences = self.encode()
         user_z, item_z = z[:self.n_users], z[self.n_users:]
         u = user_z[users]
-        ranking = info_bpr_loss(u, item_z[positives], item_z[negatives]).sum()
+        ranking = info_bpr_loss(u, item_z, positives, negatives).sum()
         l2 = self.l2_coef * 0.5 * (user_z.pow(2).sum() + item_z.pow(2).sum())
         logits = torch.bmm(sequences[positives + self.n_users], u.unsqueeze(-1)).squeeze(-1)
         unsmooth = F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long), reduction="sum")
