@@ -194,6 +194,8 @@ def test_unknown_model_names_the_fix(tmp_path):
     root = make_fake_mmrec(tmp_path, {"A": MODEL_A})
     with pytest.raises(ConfigError, match="REARM is not installed into this checkout.*mmrec-rearm install"):
         compare(root, "toy", ["A", "REARM"], run_fn=lambda *a: {}, progress=None, results_dir=tmp_path / "r")
+    with pytest.raises(ConfigError, match="MIGGT is not installed into this checkout.*mmrec-rearm install <checkout>"):
+        compare(root, "toy", ["A", "MIGGT"], run_fn=lambda *a: {}, progress=None, results_dir=tmp_path / "r")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -191,7 +191,8 @@ class MIGGT(GraphRecommender):
         z, _ = self.encode()
         return z[:self.n_users], z[self.n_users:]
 
-    def loss_terms(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor):
+    def loss_terms(self, users: torch.Tensor, positives: torch.Tensor,
+                   negatives: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(summed InfoBPR, L2 term, summed TUR) for pairs (b,) and negatives (b, m)."""
         z, sequences = self.encode()
         user_z, item_z = z[:self.n_users], z[self.n_users:]
@@ -202,7 +203,7 @@ class MIGGT(GraphRecommender):
         unsmooth = F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long), reduction="sum")
         return ranking, l2, unsmooth
 
-    def calculate_loss(self, interaction: torch.Tensor):
-        """MMRec's training batch (3, b) -> (InfoBPR, L2, TUR)."""
+    def calculate_loss(self, interaction: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MMRec's training batch (3, b): users, positive items, negative items -> (InfoBPR, L2, TUR)."""
         negatives = with_uniform_negatives(interaction[2], self.num_negs, self.n_items)
         return self.loss_terms(interaction[0], interaction[1], negatives)
