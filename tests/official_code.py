@@ -152,6 +152,18 @@ def max_difference(ours, theirs) -> float:
     return float((ours - theirs).abs().max()) / scale if ours.numel() else 0.0
 
 
+#: largest scaled difference (:func:`max_difference`) a parity check accepts, float64
+TOLERANCE = 1e-6
+
+
+def check_differences(label: str, found: dict, record_property) -> None:
+    """Record (test properties), print (``-s``) and check the largest differences of one case."""
+    for name, value in found.items():
+        record_property(f"max_diff_{name}", value)
+    print(f"{label}: largest differences {found}")
+    assert all(value <= TOLERANCE for value in found.values()), found
+
+
 def perturb_(tensors, seed: int, scale: float = 0.05) -> None:
     """Move every tensor off its initial value with seeded noise (so a weight copied into the wrong
     place changes the result)."""

@@ -13,7 +13,7 @@ import torch
 
 from ..data import training_matrix
 from ..errors import ConfigError
-from ..host import BaseRecommender, config_value
+from ..host import BaseRecommender, CachedScoring, config_value
 from ..model.layers import SparseGraph, normalized_interaction_graph
 from ..model.presets import _choice, _flag, _number, describe, resolve
 
@@ -112,15 +112,14 @@ class EdgeDropout:
         return SparseGraph.from_tensors(dropped, dropped_t)
 
 
-class GraphRecommender(BaseRecommender):
+class GraphRecommender(CachedScoring, BaseRecommender):
     """Base of the graph baselines. Subclasses implement :meth:`forward` (all users' and all
     items' final representations, ``(n_users, D)`` and ``(n_items, D)``) and ``calculate_loss``.
 
     Provides :attr:`interactions` (the training matrix ``(n_users, n_items)``, 0/1 float32 CSR,
     duplicates merged), :meth:`interaction_graph` (subclasses keep theirs in :attr:`graph`),
-    :meth:`step_graph` (edge dropout) and MMRec's scoring: in eval mode the
-    representations are computed once and reused for every evaluation batch (and for valid and
-    test) until a parameter or buffer changes or training resumes.
+    :meth:`step_graph` (edge dropout) and, through :class:`~mmrec_rearm.host.CachedScoring`,
+    MMRec's scoring from representations computed once per evaluation pass.
     """
 
     def __init__(self, config: Any, dataloader: Any):
@@ -129,7 +128,6 @@ class GraphRecommender(BaseRecommender):
         self.interactions = training_matrix(coo.row, coo.col, self.n_users, self.n_items)
         self.graph: Optional[SparseGraph] = None  # set by the subclass (interaction_graph)
         self._edge_dropout: Optional[EdgeDropout] = None
-        self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
 
     @property
     def torch_device(self) -> torch.device:
@@ -150,33 +148,3 @@ class GraphRecommender(BaseRecommender):
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
-
-    def train(self, mode: bool = True):
-        if mode:
-            self._eval_cache = None
-        return super().train(mode)
-
-    def _state_version(self) -> Tuple[int, ...]:
-        return tuple(t._version for t in list(self.parameters()) + list(self.buffers()))
-
-    def representations(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``forward()`` without gradients; cached in eval mode (see the class docstring)."""
-        if self.training:
-            with torch.no_grad():
-                return self.forward()
-        version = self._state_version()
-        if self._eval_cache is None or self._eval_cache[0] != version:
-            with torch.no_grad():
-                users, items = self.forward()
-            self._eval_cache = (version, users, items)
-        return self._eval_cache[1], self._eval_cache[2]
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores of the batch users (``interaction[0]``, (b,)) against all items -> (b, n_items)."""
-        users, items = self.representations()
-        return users[interaction[0]] @ items.t()
-
-    def predict(self, interaction) -> torch.Tensor:
-        """Scores of (user, item) pairs ``interaction[0]``, ``interaction[1]`` (b,) -> (b,)."""
-        users, items = self.representations()
-        return (users[interaction[0]] * items[interaction[1]]).sum(-1)
