@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import importlib
 import os
-import sys
 import types
 import warnings
 from pathlib import Path
@@ -37,6 +36,8 @@ import scipy.sparse as sp
 torch = pytest.importorskip("torch")
 
 from mmrec_rearm.graphs import GraphParams, build_graphs  # noqa: E402
+
+from official_code import isolated_imports  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIKTOK_ENV = "REARM_TIKTOK_DATA"
@@ -86,33 +87,12 @@ OFFICIAL_USER_GRAPH = "stre_" + "uu_graph"
 OFFICIAL_ITEM_GRAPH = "stre_" + "ii_graph"
 
 
-@contextlib.contextmanager
-def _isolated_sys_path(folder: Path):
-    """Make `folder` importable first while hiding (and afterwards restoring) any already
-    imported module that shares a top-level name with the official code's modules."""
-
-    def clashing(name: str) -> bool:
-        return name.split(".")[0] in _CLASHING_TOP_LEVEL
-
-    saved = {name: mod for name, mod in sys.modules.items() if clashing(name)}
-    for name in saved:
-        del sys.modules[name]
-    sys.path.insert(0, str(folder))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(folder))
-        for name in [name for name in sys.modules if clashing(name)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-
-
 def import_official(folder: Path) -> types.SimpleNamespace:
     """The official `utils.helper`, `utils.data_loader` and `model` modules as attributes.
 
     They stay usable after the import context closes (functions keep their globals) but are
     not left in sys.modules under their generic names."""
-    with _isolated_sys_path(folder), warnings.catch_warnings():
+    with isolated_imports(folder, _CLASHING_TOP_LEVEL), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return types.SimpleNamespace(

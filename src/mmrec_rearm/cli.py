@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key", help="clear only this entry")
     c.set_defaults(handler=_cmd_cache)
 
-    i = sub.add_parser("install", help="install REARM into an MMRec checkout")
+    i = sub.add_parser("install", help="install REARM (and the Table-2 baselines MICRO, DiffMM, ApeGNN, MGDN, "
+                                       "MIGGT) into an MMRec checkout")
     i.add_argument("mmrec_dir", metavar="MMREC_DIR")
     i.set_defaults(handler=_cmd_install)
 

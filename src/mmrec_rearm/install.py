@@ -5,8 +5,9 @@ attribute ``REARM``; its configuration is read from ``src/configs/model/REARM.ya
 ``overall.yaml`` and ``src/configs/dataset/<dataset>.yaml``). So installing means writing:
 
 * ``src/models/rearm.py``: a shim that re-exports :class:`mmrec_rearm.model.rearm.REARM`, and one
-  such line per baseline of :data:`SHIMS` (``micro.py``, ``diffmm.py``); they need ``mmrec-rearm``
-  to be pip-installed in the environment that runs MMRec;
+  such line per Table-2 baseline of :data:`SHIMS` (``micro.py``, ``diffmm.py``, ``apegnn.py``,
+  ``mgdn.py``, ``miggt.py``); they need ``mmrec-rearm`` to be pip-installed in the environment
+  that runs MMRec;
 * each ``configs/model/*.yaml`` / ``configs/dataset/*.yaml`` shipped with this package, into
   ``src/configs/model/`` / ``src/configs/dataset/``.
 
@@ -48,14 +49,18 @@ MARKER = "# written by mmrec-rearm install; remove with: mmrec-rearm uninstall"
 #: File inside a dataset folder that quickstart generated (content: MARKER).
 DATA_MARKER_FILE = ".mmrec-rearm"
 SHIM_RELPATH = Path("src", "models", "rearm.py")
-SHIM_BODY = "from mmrec_rearm.model.rearm import REARM  # noqa: F401\n"
 
 # ---- model shims: one line each, src/models/<name lower>.py (MMRec imports a model by file name)
 #: MMRec model name -> the module of this package that defines the class of that name.
+#: MIGGT is the REARM paper's "MIG-GT" (a class name cannot hold the hyphen).
 SHIMS: Dict[str, str] = {
     "REARM": "mmrec_rearm.model.rearm",
+    # the Table-2 baselines MMRec lacks
     "MICRO": "mmrec_rearm.baselines.micro",
     "DiffMM": "mmrec_rearm.baselines.diffmm",
+    "ApeGNN": "mmrec_rearm.baselines.apegnn",
+    "MGDN": "mmrec_rearm.baselines.mgdn",
+    "MIGGT": "mmrec_rearm.baselines.miggt",
 }
 
 
@@ -200,7 +205,7 @@ def uninstall(mmrec_dir: PathLike, *, report: Report = print) -> List[Path]:
 
     Removes the files whose first line is :data:`MARKER` in ``src/models/*.py``,
     ``src/configs/model/*.yaml`` and ``src/configs/dataset/*.yaml``, the compiled
-    ``src/models/__pycache__/rearm.*.pyc`` (git-ignored by MMRec, but stale once the shim is gone) and
+    ``src/models/__pycache__/<shim>.*.pyc`` (git-ignored by MMRec, but stale once the shim is gone) and
     every dataset folder under MMRec's data folder that holds :data:`DATA_MARKER_FILE`. Files without
     the marker are left alone, so ``git status`` returns to its state before :func:`install` /
     :func:`quickstart` (MMRec's own logs under ``src/log/`` are kept; git ignores ``*.log``).

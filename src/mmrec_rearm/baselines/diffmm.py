@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..host import BaseRecommender
 from ..model import layers as L
 from .common import Settings, modal_features, parameter_versions, training_interactions
-from .diffusion import Denoiser, GaussianDiffusion
+from .gaussian_diffusion import Denoiser, GaussianDiffusion
 
 __all__ = ["DiffMM", "PRESETS", "self_loop_graph", "drop_edges", "contrast_nodes"]
 

@@ -75,9 +75,13 @@ def available_models(src: Path) -> List[str]:
 def check_model(src: Path, model: str) -> None:
     """Raise :class:`ConfigError` unless MMRec can import ``model`` from this checkout."""
     if not (src / "models" / f"{model.lower()}.py").is_file():
+        from ..install import SHIMS
+
         hint = ""
-        if model.upper() == "REARM":
-            hint = " REARM is not installed into this checkout yet: run `mmrec-rearm install --mmrec <checkout>`."
+        ours = {name.upper(): name for name in SHIMS}
+        if model.upper() in ours:
+            hint = (f" {ours[model.upper()]} is not installed into this checkout yet: run "
+                    "`mmrec-rearm install <checkout>`.")
         known = ", ".join(available_models(src))
         raise ConfigError(
             f"{src / 'models' / (model.lower() + '.py')}: model '{model}' not found in this MMRec checkout "

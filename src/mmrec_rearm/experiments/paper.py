@@ -76,14 +76,24 @@ TABLE2: Dict[str, Dict[str, Tuple[float, float, float, float]]] = {
 }
 
 
+#: MMRec model name -> its Table 2 row name, where they differ (MMRec imports a model by its
+#: Python class name, which cannot hold the paper's hyphen).
+PAPER_NAMES: Dict[str, str] = {"MIGGT": "MIG-GT"}
+
+
+def paper_name(model: str) -> str:
+    """The Table 2 row name of the MMRec model ``model`` (the name itself for most models)."""
+    return PAPER_NAMES.get(model, model)
+
+
 def paper_row(dataset: str, model: str) -> Optional[Tuple[float, float, float, float]]:
-    """Table 2's (R@10, R@20, N@10, N@20) for ``model`` on ``dataset`` (names case-insensitive),
-    or None when the paper has no such row."""
+    """Table 2's (R@10, R@20, N@10, N@20) for ``model`` (its MMRec or paper name) on ``dataset``
+    (names case-insensitive), or None when the paper has no such row."""
     table = TABLE2.get(dataset.lower())
     if table is None:
         return None
     lookup = {name.lower(): values for name, values in table.items()}
-    return lookup.get(model.lower())
+    return lookup.get(paper_name(model).lower())
 
 
 def has_paper_numbers(dataset: str) -> bool:

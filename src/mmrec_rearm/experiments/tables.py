@@ -12,7 +12,7 @@ import io
 import json
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from .paper import has_paper_numbers, paper_row
+from .paper import has_paper_numbers, paper_name, paper_row
 from .stats import TABLE_METRICS, ModelSummary, PairedComparison, best_baseline
 
 DASH = "—"
@@ -64,7 +64,7 @@ def table2_markdown(dataset: str, summaries: Mapping[str, ModelSummary], models:
     for model in order:
         summary = summaries[model]
         published = paper_row(dataset, model) if with_paper else None
-        cells = [model]
+        cells = [paper_name(model)]
         for index, (_, metric) in enumerate(TABLE_METRICS):
             text = _cell(summary, metric)
             rank = ranks[metric].get(model)

@@ -76,6 +76,16 @@ class SparseGraph:
         self.transpose_matrix = (self.forward_matrix if symmetric
                                  else to_torch_csr(matrix.T.tocsr(), device).to(dtype))
 
+    @classmethod
+    def from_tensors(cls, forward: torch.Tensor, transpose: torch.Tensor) -> "SparseGraph":
+        """A graph from ready torch CSR tensors ``A`` and ``A^T`` (n, n), e.g. an edge-dropped copy
+        of another graph; no check that ``transpose`` is ``A^T``."""
+        graph = cls.__new__(cls)
+        graph.shape = tuple(forward.shape)
+        graph.nnz = int(forward.values().numel())
+        graph.forward_matrix, graph.transpose_matrix = forward, transpose
+        return graph
+
     @property
     def device(self) -> torch.device:
         return self.forward_matrix.device
@@ -132,13 +142,16 @@ def lightgcn(graph: SparseGraph, x: torch.Tensor, n_layers: int) -> torch.Tensor
     return total / (n_layers + 1)
 
 
-def normalized_interaction_graph(interactions: sp.spmatrix) -> sp.csr_matrix:
+def normalized_interaction_graph(interactions: sp.spmatrix, self_loops: bool = False) -> sp.csr_matrix:
     """The symmetric bipartite graph of eq. (10): ``D^-1/2 [[0, R], [R^T, 0]] D^-1/2``.
 
     ``interactions``: (n_users, n_items), any non-zero counts as one edge (duplicates merged).
     Returns (n_users + n_items, n_users + n_items) float32 CSR with entries
     ``1 / sqrt(|N_u| |N_i|)`` (the paper's lambda_n). A node without edges keeps an empty row
     (the official code adds 1e-7 to the degree for the same effect).
+
+    ``self_loops=True`` normalises ``A + I`` instead (GCN's renormalisation, used by MGDCF): the
+    degrees count the self-loop, every node keeps a diagonal entry ``1 / (|N_v| + 1)``.
     """
     r = sp.csr_matrix(interactions, dtype=np.float32)
     r.sum_duplicates()
@@ -147,6 +160,8 @@ def normalized_interaction_graph(interactions: sp.spmatrix) -> sp.csr_matrix:
     n_users, n_items = r.shape
     adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     adj.resize((n_users + n_items, n_users + n_items))
+    if self_loops:
+        adj = (adj + sp.identity(n_users + n_items, dtype=np.float32, format="csr")).tocsr()
     degree = np.asarray(adj.sum(axis=1)).ravel()
     inv_sqrt = np.zeros_like(degree)
     nonzero = degree > 0

@@ -240,46 +240,46 @@ class RearmSettings:
                 f"graph={self.graph}")
 
 
-def _scalar(key: str, value: Any) -> Any:
+def _scalar(key: str, value: Any, model: str = "REARM") -> Any:
     if isinstance(value, (list, tuple)):
         raise ConfigError(
-            f"REARM config key '{key}' has the list value {list(value)}; a model gets one value per "
+            f"{model} config key '{key}' has the list value {list(value)}; a model gets one value per "
             f"run. To grid-search it, list '{key}' in hyper_parameters (MMRec then passes each value "
             "in turn); otherwise give a single value.")
     return value
 
 
 def _number(key: str, value: Any, kind: type, low: float, high: float = float("inf"),
-            low_open: bool = False) -> Any:
-    value = _scalar(key, value)
+            low_open: bool = False, model: str = "REARM") -> Any:
+    value = _scalar(key, value, model)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"REARM config key '{key}' must be a number, got {value!r}.")
+        raise ConfigError(f"{model} config key '{key}' must be a number, got {value!r}.")
     if kind is int:
         if float(value) != int(value):
-            raise ConfigError(f"REARM config key '{key}' must be an integer, got {value!r}.")
+            raise ConfigError(f"{model} config key '{key}' must be an integer, got {value!r}.")
         value = int(value)
     else:
         value = float(value)
     too_low = value <= low if low_open else value < low
     if too_low or value > high:
         bounds = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ConfigError(f"REARM config key '{key}' must lie in {bounds}, got {value!r}.")
+        raise ConfigError(f"{model} config key '{key}' must lie in {bounds}, got {value!r}.")
     return value
 
 
-def _flag(key: str, value: Any) -> bool:
-    value = _scalar(key, value)
+def _flag(key: str, value: Any, model: str = "REARM") -> bool:
+    value = _scalar(key, value, model)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise ConfigError(f"REARM config key '{key}' must be true or false, got {value!r}.")
+    raise ConfigError(f"{model} config key '{key}' must be true or false, got {value!r}.")
 
 
-def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    value = _scalar(key, value)
+def _choice(key: str, value: Any, choices: Sequence[str], model: str = "REARM") -> str:
+    value = _scalar(key, value, model)
     if not isinstance(value, str) or value.lower() not in choices:
-        raise ConfigError(f"REARM config key '{key}' must be one of {', '.join(choices)}; got {value!r}.")
+        raise ConfigError(f"{model} config key '{key}' must be one of {', '.join(choices)}; got {value!r}.")
     return value.lower()
 
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DatasetError
-from ..host import BaseRecommender, config_value, dataset_folder
+from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder
 from . import layers as L
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
 from .presets import RearmSettings, describe, read_settings
@@ -197,7 +197,7 @@ def _mean_of_items(inter: sp.csr_matrix, item_values: torch.Tensor) -> torch.Ten
     return (L.to_torch_csr(weights, item_values.device) @ item_values).contiguous()
 
 
-class REARM(BaseRecommender):
+class REARM(CachedScoring, BaseRecommender):
     """REARM for MMRec: ``REARM(config, dataloader)``; MMRec's trainer calls ``calculate_loss`` per
     training batch (a (3, b) LongTensor: users, positive items, negative items) and
     ``full_sort_predict`` per evaluation batch.
@@ -260,7 +260,6 @@ class REARM(BaseRecommender):
         self.to(device)
 
         self.representation_passes = 0  # full passes over the graph (tests, profiling)
-        self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
         self._epoch = -1
         self._decay_factor: Optional[float] = None
         self._decay_hooks = self._install_decoupled_decay(s)
@@ -454,9 +453,7 @@ class REARM(BaseRecommender):
         share one forward, and releases the last step's gradients: the host's next batch discards
         them anyway (``zero_grad`` sets them to None), and on Baby they are 0.5 GB that would
         otherwise sit beside the evaluation's score matrices."""
-        if mode:
-            self._eval_cache = None
-        else:
+        if not mode:
             for p in self.parameters():
                 p.grad = None
         return super().train(mode)
@@ -502,31 +499,3 @@ class REARM(BaseRecommender):
         if s.weight_decay_mode == "l2" and s.reg_weight > 0:
             reg = s.reg_weight * l2_penalty(p for p in self.parameters() if p.requires_grad)
         return bpr, cl, ort, reg
-
-    def _state_version(self) -> Tuple[int, ...]:
-        # in-place updates (optimizer steps, load_state_dict) bump these counters
-        return tuple(t._version for t in list(self.parameters()) + list(self.buffers()))
-
-    def _representations(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """All users' and items' representations; in eval mode computed once and reused until the
-        parameters change, training resumes or a loss is computed (MMRec evaluates valid and test
-        back to back, batch by batch)."""
-        if self.training:
-            with torch.no_grad():
-                return self.forward()
-        version = self._state_version()
-        if self._eval_cache is None or self._eval_cache[0] != version:
-            with torch.no_grad():
-                users, items = self.forward()
-            self._eval_cache = (version, users, items)
-        return self._eval_cache[1], self._eval_cache[2]
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores of the batch users (``interaction[0]``, (b,)) against all items -> (b, n_items)."""
-        users, items = self._representations()
-        return users[interaction[0]] @ items.t()
-
-    def predict(self, interaction) -> torch.Tensor:
-        """Scores of (user, item) pairs: ``interaction[0]``, ``interaction[1]`` (b,) -> (b,)."""
-        users, items = self._representations()
-        return (users[interaction[0]] * items[interaction[1]]).sum(-1)

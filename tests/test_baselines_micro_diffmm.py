@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from mmrec_rearm import cache  # noqa: E402
 from mmrec_rearm.baselines import item_knn  # noqa: E402
 from mmrec_rearm.baselines.diffmm import DiffMM, drop_edges, self_loop_graph  # noqa: E402
-from mmrec_rearm.baselines.diffusion import Denoiser, GaussianDiffusion  # noqa: E402
+from mmrec_rearm.baselines.gaussian_diffusion import Denoiser, GaussianDiffusion  # noqa: E402
 from mmrec_rearm.baselines.micro import MICRO, contrast_all_items, row_normalised_interaction_graph  # noqa: E402
 from mmrec_rearm.errors import ConfigError  # noqa: E402
 from mmrec_rearm.host import ArrayDataLoader  # noqa: E402
