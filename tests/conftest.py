@@ -10,6 +10,20 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# --- torch threads (unit tests of the model and the baselines) ------------------------------------
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: tiny tensors gain nothing from more, and one thread avoids
+    contention with other processes on the test machine. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- official REARM clone (parity tests, tests/test_parity_official.py) -------------------------
 
 OFFICIAL_ENV = "REARM_OFFICIAL_SRC"

@@ -1,146 +1,43 @@
-"""Shared harness for the baselines' parity tests against the authors' code (MICRO, DiffMM).
+"""Data and comparisons shared by the parity tests (REARM's and the five baselines').
 
-* :func:`locate_clone` finds the authors' clone (environment variable first, then default places)
-  or says why not and how to enable the tests;
-* :func:`import_authors` imports the authors' modules from the clone at run time (``sys.argv`` is
-  emptied while their module-level ``argparse`` runs); their generic top-level names
-  (``utility``, ``Utils``, ``Model``, ``main`` ...) are removed from ``sys.modules`` again and
-  whatever was there before is restored;
-* :func:`authors_runtime` wraps every call into their code with the shims it needs here
-  (documented in docs/testing.md): ``.cuda()`` is the identity on a CPU-only machine and missing
-  third-party modules get small stand-ins;
-* :func:`tiktok_subset` reads a window of real TikTok users with their real features;
-* small comparison helpers (largest differences, reporting).
+* :func:`tiktok_subset` reads the real TikTok window all parity tests use (600 users with all
+  their interactions, the items they touch, their 128-d image and audio features), or skips;
+* :func:`fixed_batch` draws a fixed batch of (user, positive, negative) triples from it;
+* conversions between our graphs, scipy and torch sparse tensors, and the DGL(-like) graphs of
+  the MGDCF / MIG-GT code;
+* :func:`perturb` moves weights off their initial values, so a weight copied onto the wrong
+  tensor shows; difference measures and reporting (printed with ``-s``, recorded as test
+  properties).
 
-Nothing of the authors' code is copied here; their functions are called.
+How the authors' code is found and imported: tests/official_code.py.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import os
-import sys
-import types
-import warnings
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
+from mmrec_rearm.model.layers import SparseGraph
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIKTOK_ENV = "REARM_TIKTOK_DATA"
-
-
-def _candidates(env: str, defaults: Sequence[Path]) -> Tuple[list, str]:
-    configured = os.environ.get(env)
-    if configured:
-        return [Path(configured).expanduser()], f"{env}={configured}"
-    return list(defaults), "defaults " + ", ".join(str(p) for p in defaults)
-
-
-def locate_clone(env: str, defaults: Sequence[Path], required: Sequence[str], howto: str) -> Tuple[Optional[Path], str]:
-    """(clone folder, "") or (None, why not): ``env`` wins when set, else the first default that
-    exists; a folder counts when every path of ``required`` is a file in it."""
-    folders, origin = _candidates(env, defaults)
-    for folder in folders:
-        if folder.is_dir():
-            missing = [name for name in required if not (folder / name).is_file()]
-            if missing:
-                return None, f"{folder} ({origin}) lacks {', '.join(missing)}; to enable: {howto}"
-            return folder, ""
-    return None, f"the authors' clone was not found ({origin}); to enable: {howto}"
-
-
-def tiktok_folder() -> Optional[Path]:
-    """``$REARM_TIKTOK_DATA``, else ``shared/data/tiktok`` beside the repository or one level up
-    (a git worktree of the repository)."""
-    folders, _ = _candidates(TIKTOK_ENV, [REPO_ROOT.parent / "shared" / "data" / "tiktok",
-                                          REPO_ROOT.parents[1] / "shared" / "data" / "tiktok"])
-    for folder in folders:
-        if (folder / "tiktok.inter").is_file():
-            return folder
-    return None
-
-
-def _scatter_add(src, index, dim=0, dim_size=None, **_):
-    """Stand-in for ``torch_scatter.scatter_add`` on 1-d inputs (what MICRO's norm.py uses)."""
-    size = int(index.max()) + 1 if dim_size is None else int(dim_size)
-    return torch.zeros(size, dtype=src.dtype, device=src.device).index_add(0, index, src)
-
-
-#: modules the authors' code imports that this environment may lack -> stand-in factory
-STAND_INS: Dict[str, Callable[[], object]] = {
-    "torch_scatter": lambda: types.SimpleNamespace(scatter_add=_scatter_add),
-    "setproctitle": lambda: types.SimpleNamespace(setproctitle=lambda *a, **k: None),
-}
-
-
-@contextlib.contextmanager
-def authors_runtime() -> Iterator[None]:
-    """What the authors' code needs while it runs here: ``Tensor.cuda()`` / ``Module.cuda()``
-    return their object unchanged (their code calls them unconditionally; the comparison runs on
-    CPU), modules of :data:`STAND_INS` that are not installed get their stand-in (MICRO imports
-    ``torch_scatter`` inside a function), and their deprecation warnings are silenced."""
-    added = [name for name in STAND_INS if name not in sys.modules and importlib.util.find_spec(name) is None]
-    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        patch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
-        patch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
-        for name in added:
-            sys.modules[name] = STAND_INS[name]()
-        try:
-            yield
-        finally:
-            for name in added:
-                sys.modules.pop(name, None)
-
-
-def import_authors(folder: Path, modules: Sequence[str], clashing: Iterable[str],
-                   stubs: Mapping[str, types.ModuleType] = ()) -> types.SimpleNamespace:
-    """Import ``modules`` (dotted names) from ``folder`` -> namespace of modules (dots -> ``_``),
-    inside :func:`authors_runtime`.
-
-    ``clashing``: top-level names hidden before and restored after the import. ``stubs``: module
-    name -> object placed in ``sys.modules`` during the import (e.g. a data-loading module that
-    reads files at import time). Skips (saying why) if the import fails anyway."""
-    stubs = dict(stubs)
-    clashing = set(clashing) | {name.split(".")[0] for name in stubs}
-
-    def hidden(name: str) -> bool:
-        return name.split(".")[0] in clashing
-
-    saved = {name: mod for name, mod in sys.modules.items() if hidden(name)}
-    for name in saved:
-        del sys.modules[name]
-    sys.modules.update(stubs)
-    sys.path.insert(0, str(folder))
-    argv = sys.argv
-    sys.argv = [argv[0]]  # their argparse runs at import time and must see no pytest options
-    try:
-        with authors_runtime():
-            loaded = {name.replace(".", "_"): importlib.import_module(name) for name in modules}
-    except ImportError as exc:
-        pytest.skip(f"PARITY TESTS SKIPPED: the authors' code at {folder} does not import ({exc}); "
-                    "see docs/testing.md")
-    finally:
-        sys.argv = argv
-        sys.path.remove(str(folder))
-        for name in [name for name in sys.modules if hidden(name)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-    return types.SimpleNamespace(**loaded)
+#: the users of the window (TikTok ids) of every parity test
+USER_WINDOW = (4200, 4800)
+#: largest scaled difference (:func:`scaled_difference`) a float64 baseline parity check accepts
+TOLERANCE = 1e-6
 
 
 @dataclasses.dataclass
 class Subset:
-    """Users ``window`` of TikTok with all their rows; items re-indexed in id order."""
+    """Users of a window of TikTok with all their rows; users and items re-indexed (items in id order)."""
 
-    users: np.ndarray        # (n,) user ids - window start, every split
+    users: np.ndarray        # (n,) user id - window start, every split
     items: np.ndarray        # (n,) re-indexed item ids
     split: np.ndarray        # (n,) 0 train / 1 valid / 2 test
     features: Dict[str, np.ndarray]  # "image" / "audio" -> (n_items, 128) float32
@@ -149,6 +46,7 @@ class Subset:
 
     @property
     def train(self) -> sp.csr_matrix:
+        """The training split as (n_users, n_items) float32 0/1 CSR."""
         keep = self.split == 0
         matrix = sp.csr_matrix((np.ones(keep.sum(), dtype=np.float32), (self.users[keep], self.items[keep])),
                                shape=(self.n_users, self.n_items))
@@ -156,15 +54,9 @@ class Subset:
         matrix.data[:] = 1.0
         return matrix
 
-    def batch(self, size: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(users, positives, negatives) (size,) int64: training pairs and, per pair, an item
-        without a training interaction of that user."""
-        rng = np.random.default_rng(seed)
-        train = self.train
-        pick = rng.choice(np.flatnonzero(self.split == 0), size=size, replace=False)
-        users, positives = self.users[pick], self.items[pick]
-        negatives = np.array([rng.choice(np.setdiff1d(np.arange(self.n_items), train[u].indices)) for u in users])
-        return torch.from_numpy(users), torch.from_numpy(positives), torch.from_numpy(negatives)
+    @property
+    def users_without_training(self) -> np.ndarray:
+        return np.flatnonzero(np.diff(self.train.indptr) == 0)
 
     def write_features(self, folder: Path) -> None:
         """image_feat.npy / audio_feat.npy where the host stand-in loads them."""
@@ -173,11 +65,16 @@ class Subset:
             np.save(folder / f"{name}_feat.npy", values)
 
 
-def tiktok_subset(window: Tuple[int, int]) -> Subset:
-    folder = tiktok_folder()
-    if folder is None:
-        pytest.skip(f"PARITY TESTS SKIPPED: TikTok data not found; set {TIKTOK_ENV} to a folder with "
-                    "tiktok.inter, image_feat.npy and audio_feat.npy")
+def tiktok_folder() -> Optional[Path]:
+    """``$REARM_TIKTOK_DATA``, else ``shared/data/tiktok`` beside the repository or one level up
+    (a git worktree of the repository); None when it holds no tiktok.inter."""
+    configured = os.environ.get(TIKTOK_ENV)
+    folders = ([Path(configured).expanduser()] if configured else
+               [REPO_ROOT.parent / "shared" / "data" / "tiktok", REPO_ROOT.parents[1] / "shared" / "data" / "tiktok"])
+    return next((folder for folder in folders if (folder / "tiktok.inter").is_file()), None)
+
+
+def read_subset(folder: Path, window: Tuple[int, int] = USER_WINDOW) -> Subset:
     table = np.loadtxt(folder / "tiktok.inter", dtype=np.int64, delimiter="\t", skiprows=1, usecols=(0, 1, 4))
     low, high = window
     table = table[(table[:, 0] >= low) & (table[:, 0] < high)]
@@ -185,6 +82,53 @@ def tiktok_subset(window: Tuple[int, int]) -> Subset:
     features = {name: np.load(folder / f"{name}_feat.npy")[item_ids].astype(np.float32) for name in ("image", "audio")}
     return Subset(users=table[:, 0] - low, items=items, split=table[:, 2], features=features,
                   n_users=high - low, n_items=len(item_ids))
+
+
+def tiktok_subset(window: Tuple[int, int] = USER_WINDOW) -> Subset:
+    """:func:`read_subset` of the TikTok data, or skip the test saying how to enable it."""
+    folder = tiktok_folder()
+    if folder is None:
+        pytest.skip(f"PARITY TESTS SKIPPED: TikTok data not found; set {TIKTOK_ENV} to a folder with "
+                    "tiktok.inter, image_feat.npy and audio_feat.npy")
+    return read_subset(folder, window)
+
+
+def training_pairs(subset: Subset) -> Tuple[np.ndarray, np.ndarray]:
+    """(users, items) of the training split, int64 arrays in file order."""
+    keep = subset.split == 0
+    return subset.users[keep].astype(np.int64), subset.items[keep].astype(np.int64)
+
+
+def fixed_batch(subset: Subset, size: int = 256, seed: int = 0,
+                negatives: str = "unseen") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``size`` distinct training (user, positive) pairs and one negative each -> LongTensors
+    (size,) x 3. ``negatives``: ``unseen``, an item the user has in no split (the REARM and MGDCF
+    samplers' rule), or ``untrained``, an item without a training interaction of the user (MMRec's)."""
+    rng = np.random.default_rng(seed)
+    users, items = training_pairs(subset)
+    pick = rng.choice(len(users), size=size, replace=False)
+    held = np.ones(len(subset.users), dtype=bool) if negatives == "unseen" else subset.split == 0
+    seen: Dict[int, set] = {}
+    for u, i in zip(subset.users[held], subset.items[held]):
+        seen.setdefault(int(u), set()).add(int(i))
+    drawn = []
+    for u in users[pick]:
+        while True:
+            j = int(rng.integers(subset.n_items))
+            if j not in seen[int(u)]:
+                drawn.append(j)
+                break
+    return torch.from_numpy(users[pick]), torch.from_numpy(items[pick]), torch.tensor(drawn, dtype=torch.long)
+
+
+def eval_users(subset: Subset, count: int = 100) -> torch.Tensor:
+    """``count`` users spread over the window, including every user without training items."""
+    spread = np.linspace(0, subset.n_users - 1, count).astype(np.int64)
+    return torch.from_numpy(np.unique(np.concatenate([spread, subset.users_without_training])))
+
+
+# --------------------------------------------------------------------------------------------
+# conversions
 
 
 def to_csr(tensor: torch.Tensor) -> sp.csr_matrix:
@@ -197,16 +141,59 @@ def to_csr(tensor: torch.Tensor) -> sp.csr_matrix:
 
 
 def to_torch_sparse(matrix: sp.spmatrix, dtype=torch.float32) -> torch.Tensor:
+    """Torch sparse COO (the authors' graph format) of a scipy matrix."""
     coo = sp.coo_matrix(matrix)
     indices = torch.from_numpy(np.vstack((coo.row, coo.col)).astype(np.int64))
     return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data).to(dtype), coo.shape).coalesce()
 
 
-def graph_as_csr(graph) -> sp.csr_matrix:
+def graph_as_csr(graph: SparseGraph) -> sp.csr_matrix:
     """Our SparseGraph (torch sparse CSR) as float64 scipy CSR."""
     m = graph.forward_matrix
     return sp.csr_matrix((m.values().double().numpy(), m.col_indices().numpy(), m.crow_indices().numpy()),
                          shape=tuple(m.shape))
+
+
+def float64_graph(matrix: sp.spmatrix) -> SparseGraph:
+    """A float64 :class:`SparseGraph` of a scipy matrix (our constructor stores float32)."""
+
+    def csr(m):
+        m = sp.csr_matrix(m, dtype=np.float64)
+        m.sort_indices()
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
+                                       torch.from_numpy(m.indices.astype(np.int64)),
+                                       torch.from_numpy(m.data), size=m.shape)
+
+    return SparseGraph.from_tensors(csr(matrix), csr(sp.csr_matrix(matrix).T))
+
+
+def as_matrix(graph) -> sp.csr_matrix:
+    """The message-passing matrix of a DGL(-like) graph: entry (dst, src) = the edge weight the
+    MGDCF code stores under ``mgdcf_weight``."""
+    src, dst = (t.numpy() for t in graph.edges())
+    weight = graph.edata["mgdcf_weight"].double().numpy()
+    n = graph.num_nodes()
+    return sp.csr_matrix((weight, (dst, src)), shape=(n, n))
+
+
+# --------------------------------------------------------------------------------------------
+# weights, differences, reports
+
+
+def perturb(tensors: Iterable[torch.Tensor], seed: int, scale: float = 0.05) -> None:
+    """Move every floating tensor off its initial value with seeded noise (drawn in its dtype, in
+    the order given: pass ``[p for _, p in sorted(model.named_parameters())]`` for a stable
+    order); NaN starting values become finite first."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in tensors:
+            if tensor.is_floating_point():
+                noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+                tensor.copy_(torch.nan_to_num(tensor, nan=0.0) + scale * noise)
+
+
+def _as_float64(x) -> np.ndarray:
+    return x.detach().double().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
 
 
 def max_difference(a, b) -> float:
@@ -214,26 +201,32 @@ def max_difference(a, b) -> float:
     if sp.issparse(a) or sp.issparse(b):
         diff = (sp.csr_matrix(a) - sp.csr_matrix(b)).tocsr()
         return float(np.abs(diff.data).max()) if diff.nnz else 0.0
-    a = a.detach().double().numpy() if torch.is_tensor(a) else np.asarray(a, dtype=np.float64)
-    b = b.detach().double().numpy() if torch.is_tensor(b) else np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
+    a, b = _as_float64(a), _as_float64(b)
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
     return float(np.abs(a - b).max()) if a.size else 0.0
 
 
 def scale_of(x) -> float:
-    x = x.detach().double().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
+    """Largest magnitude of an array / tensor (0 when empty)."""
+    x = _as_float64(x)
     return float(np.abs(x).max()) if x.size else 0.0
 
 
+def scaled_difference(ours, theirs) -> float:
+    """:func:`max_difference` divided by max(1, largest magnitude of ``theirs``): relative for
+    large summed losses, absolute for values of order 1."""
+    return max_difference(ours, theirs) / max(1.0, scale_of(theirs))
+
+
 def report(record_property, name: str, value) -> None:
+    """Print (``-s``) and record one measured difference."""
     print(f"[parity] {name} = {value}")
     record_property(name, value)
 
 
-def perturb(parameters: Iterable[Tuple[str, torch.Tensor]], seed: int, scale: float = 0.05) -> None:
-    """Move every parameter off its initial value with seeded noise (sorted by name), so that a
-    weight mapped onto the wrong tensor changes the result."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, parameter in sorted(parameters, key=lambda kv: kv[0]):
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=torch.float64).to(parameter.dtype))
+def check_differences(label: str, found: dict, record_property) -> None:
+    """Record, print and check (<= :data:`TOLERANCE`) the largest scaled differences of one case."""
+    for name, value in found.items():
+        record_property(f"max_diff_{name}", value)
+    print(f"{label}: largest differences {found}")
+    assert all(value <= TOLERANCE for value in found.values()), found

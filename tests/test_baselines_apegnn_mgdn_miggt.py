@@ -13,7 +13,8 @@ import scipy.sparse as sp
 torch = pytest.importorskip("torch")
 
 from mmrec_rearm.baselines.apegnn import ApeGNN, hop_weights  # noqa: E402
-from mmrec_rearm.baselines.base import EdgeDropout, Settings  # noqa: E402
+from mmrec_rearm.baselines.base import EdgeDropout  # noqa: E402
+from mmrec_rearm.baselines.settings import Settings  # noqa: E402
 from mmrec_rearm.baselines.markov_diffusion import (diffusion_gamma, info_bpr_loss, markov_diffusion,  # noqa: E402
                                              with_uniform_negatives)
 from mmrec_rearm.baselines.mgdn import MGDN  # noqa: E402
@@ -27,12 +28,7 @@ from mmrec_rearm.synth import make_demo_dataset  # noqa: E402
 MODELS = (ApeGNN, MGDN, MIGGT)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

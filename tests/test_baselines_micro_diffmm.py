@@ -12,20 +12,16 @@ torch = pytest.importorskip("torch")
 
 from mmrec_rearm import cache  # noqa: E402
 from mmrec_rearm.baselines import item_knn  # noqa: E402
-from mmrec_rearm.baselines.diffmm import DiffMM, drop_edges, self_loop_graph  # noqa: E402
+from mmrec_rearm.baselines.diffmm import DiffMM, drop_edges  # noqa: E402
 from mmrec_rearm.baselines.gaussian_diffusion import Denoiser, GaussianDiffusion  # noqa: E402
-from mmrec_rearm.baselines.micro import MICRO, contrast_all_items, row_normalised_interaction_graph  # noqa: E402
+from mmrec_rearm.baselines.micro import MICRO, contrast_all_items  # noqa: E402
 from mmrec_rearm.errors import ConfigError  # noqa: E402
 from mmrec_rearm.host import ArrayDataLoader  # noqa: E402
+from mmrec_rearm.model.layers import normalized_interaction_graph  # noqa: E402
 from mmrec_rearm.synth import generate_demo  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 class Demo:
@@ -128,9 +124,9 @@ def test_content_key_separates_kinds_and_params():
 # MICRO
 
 
-def test_row_normalised_interaction_graph_rows_sum_to_one():
+def test_micro_interaction_graph_rows_sum_to_one():
     r = sp.csr_matrix(np.array([[1, 0, 1], [0, 0, 0]], dtype=np.float32))
-    graph = row_normalised_interaction_graph(r)
+    graph = normalized_interaction_graph(r, self_loops=True, norm="rw")  # MICRO's D^-1 (A + I)
     assert graph.shape == (5, 5)
     assert np.allclose(np.asarray(graph.sum(1)).ravel(), 1.0)
     assert graph[1].indices.tolist() == [1]  # a user without items keeps its self-loop
@@ -243,13 +239,13 @@ def test_diffmm_losses_and_scores_are_finite(demo):
         assert scores.shape == (5, demo.n_items) and torch.isfinite(scores).all()
 
 
-def test_self_loop_graph_and_edge_dropout():
+def test_diffmm_self_loop_graph_and_edge_dropout():
     r = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 0]], dtype=np.float32))
-    graph = self_loop_graph(r)
+    graph = normalized_interaction_graph(r, self_loops=True)  # DiffMM's D^-1/2 (A + I) D^-1/2
     dense = graph.toarray()
     assert np.allclose(dense, dense.T) and np.isclose(dense[0, 0], 1 / 3) and np.isclose(dense[1, 1], 1.0)
     assert (drop_edges(graph, 1.0) != graph).nnz == 0
-    big = self_loop_graph(sp.random(200, 300, density=0.05, format="csr", random_state=0))
+    big = normalized_interaction_graph(sp.random(200, 300, density=0.05, format="csr", random_state=0))
     kept = drop_edges(big, 0.5, torch.Generator().manual_seed(0))
     assert 0.4 < kept.nnz / big.nnz < 0.6
     ratio = kept.multiply(big.power(-1)).tocsr()

@@ -285,6 +285,31 @@ def test_table2_shows_the_paper_row_name_and_numbers_of_an_mmrec_model_named_oth
     assert paper_row("sports", "MIGGT") == paper_row("sports", "MIG-GT") == (0.0753, 0.1130, 0.0414, 0.0511)
 
 
+#: the 19 Table-2 models by their MMRec names (MIG-GT runs as MIGGT)
+TABLE2_MODELS = ("BPR", "LightGCN", "ApeGNN", "MGDN", "VBPR", "MMGCN", "DualGNN", "GRCN", "LATTICE", "BM3",
+                 "SLMRec", "MICRO", "MGCN", "DiffMM", "FREEDOM", "LGMRec", "DRAGON", "MIGGT", "REARM")
+
+
+def test_table2_keeps_the_paper_row_order_with_its_numbers_beside_all_19_rows():
+    tests = {"recall@10": 0.05, "recall@20": 0.08, "ndcg@10": 0.03, "ndcg@20": 0.04}
+    shuffled = list(TABLE2_MODELS[::-1][1:]) + ["Mine", "REARM"]  # REARM requested last, an unlisted model
+    recs = [record(m, {}, 1, {"recall@20": 0.1}, tests) for m in shuffled]
+    summaries = summarise(recs, {m: "recall@20" for m in shuffled}, shuffled)
+    rows = table2_markdown("sports", summaries, ["REARM"] + shuffled[:-1], "REARM").splitlines()[2:]
+    names = [row.split(" | ")[0].lstrip("| ") for row in rows]
+    paper = [m if m != "MIGGT" else "MIG-GT" for m in TABLE2_MODELS]
+    assert names == paper[:-1] + ["Mine", "REARM"]
+    for name, row in zip(names, rows):
+        cells = row.strip("|").split(" | ")
+        published = paper_row("sports", name)
+        if name == "Mine":
+            assert published is None and cells[2] == "—"
+        else:
+            assert cells[2::2][:4] == [f"{v:.4f}" for v in published], name  # R@10 .. N@20 (paper)
+    assert [r.split(" | ")[0].lstrip("| ") for r in table2_markdown("tiktok", summaries, shuffled, "REARM")
+            .splitlines()[2:]] == names  # the same order without the paper's numbers
+
+
 def test_report_names_the_host_fixes_of_the_selected_runs():
     fix = "DRAGON.result_embed: CPU-registered Parameter (5, 2) made a plain tensor, as .to(device) gives on a GPU"
     recs = [dict(record("DRAGON", {}, s, {"recall@20": 0.1}, {"recall@20": 0.1}), host_fixes=[fix]) for s in (1, 2)]

@@ -43,12 +43,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,13 +15,7 @@ from mmrec_rearm.model.losses import (  # noqa: E402
     bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one thread avoids contention with other processes on the test machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def dense(graph: L.SparseGraph) -> torch.Tensor:

@@ -24,12 +24,7 @@ from mmrec_rearm.synth import generate_demo  # noqa: E402
 SMALL = dict(embedding_size=8, rank=2, n_layers=2, learning_rate=1e-2, user_knn_k=10, item_knn_k=5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 class Demo:

@@ -14,7 +14,6 @@ Runs when a clone is found at ``$APEGNN_OFFICIAL_SRC`` (default ``~/ApeGNN``); t
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,8 +25,9 @@ from mmrec_rearm.baselines.apegnn import ApeGNN  # noqa: E402
 from mmrec_rearm.host import ArrayDataLoader  # noqa: E402
 from mmrec_rearm.model.layers import normalized_interaction_graph  # noqa: E402
 
-from official_code import (check_differences, eval_users, fixed_batch, import_from_clone,  # noqa: E402
-                           locate_clone, max_difference, perturb_, tiktok_subset, training_pairs)
+from official_code import default_places, import_from_clone, require_clone  # noqa: E402
+from parity_support import (check_differences, eval_users, fixed_batch, perturb, scaled_difference,  # noqa: E402
+                            tiktok_subset, training_pairs)
 
 ENV = "APEGNN_OFFICIAL_SRC"
 HOWTO = f"git clone https://github.com/THUDM/ApeGNN ~/ApeGNN (or set {ENV} to a clone)"
@@ -45,7 +45,7 @@ CASES = [("heat", "sum", 2), ("ppr", "sum", 3), ("heat", "mean", 3), ("ppr", "co
 
 @pytest.fixture(scope="module")
 def authors():
-    folder, _ = locate_clone(ENV, Path("~/ApeGNN"), ["ApeGNN_HT.py", "ApeGNN_APPNP.py", "utils/data_loader.py"], HOWTO)
+    folder = require_clone(ENV, default_places("ApeGNN"), ["ApeGNN_HT.py", "ApeGNN_APPNP.py", "utils/data_loader.py"], HOWTO)
     return import_from_clone(folder, ["ApeGNN_HT", "ApeGNN_APPNP", "utils.data_loader"],
                              top_level=["ApeGNN_HT", "ApeGNN_APPNP", "utils"])
 
@@ -88,8 +88,8 @@ def test_graph_and_initial_locality_match(authors, subset, authors_graph):
     model = build_ours(subset, CASES[0])
     theirs = authors.ApeGNN_HT.HeatKernel({"n_users": subset.n_users, "n_items": subset.n_items},
                                           args(CASES[0]), norm, in_degree)
-    assert max_difference(model.user_t, theirs.gcn.user_t) < 1e-7
-    assert max_difference(model.item_t, theirs.gcn.item_t) < 1e-7
+    assert scaled_difference(model.user_t, theirs.gcn.user_t) < 1e-7
+    assert scaled_difference(model.item_t, theirs.gcn.item_t) < 1e-7
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
@@ -104,8 +104,8 @@ def test_scores_and_losses_match_in_float64(authors, subset, authors_graph, case
     coo = normalized_interaction_graph(ours.interactions).tocoo()
     theirs.gcn.interact_mat = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data.astype(np.float64),
                                                       coo.shape).coalesce()
-    perturb_([theirs.user_embed, theirs.item_embed], seed=1, scale=0.05)
-    perturb_([theirs.gcn.user_t, theirs.gcn.item_t], seed=2, scale=0.1)
+    perturb([theirs.user_embed, theirs.item_embed], seed=1, scale=0.05)
+    perturb([theirs.gcn.user_t, theirs.gcn.item_t], seed=2, scale=0.1)
     state = theirs.state_dict()
     assert set(state) == set(KEY_MAP), f"unmapped authors' keys: {set(state) ^ set(KEY_MAP)}"
     ours.load_state_dict({KEY_MAP[key]: value for key, value in state.items()}, strict=True)
@@ -120,7 +120,7 @@ def test_scores_and_losses_match_in_float64(authors, subset, authors_graph, case
         u, p, n = fixed_batch(subset)
         _, expected_bpr, expected_reg = theirs({"users": u, "pos_items": p, "neg_items": n.unsqueeze(1)})
         bpr, reg = ours.calculate_loss(torch.stack([u, p, n]))
-    found = {"scores": max_difference(scores, expected_scores), "bpr": max_difference(bpr, expected_bpr),
-             "reg": max_difference(reg, expected_reg)}
+    found = {"scores": scaled_difference(scores, expected_scores), "bpr": scaled_difference(bpr, expected_bpr),
+             "reg": scaled_difference(reg, expected_reg)}
     check_differences(f"ApeGNN {case}", found, record_property)
     assert float(expected_reg) > 1e-4  # the regulariser is large enough for a wrong term to show

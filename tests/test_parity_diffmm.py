@@ -29,7 +29,6 @@ tolerance. Run with -s to see the largest differences.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,15 +36,14 @@ import scipy.sparse as sp
 
 torch = pytest.importorskip("torch")
 
+import official_code as oc  # noqa: E402
 import parity_support as ps  # noqa: E402
 
 ENV = "DIFFMM_OFFICIAL_SRC"
-DEFAULTS = [Path("~/DiffMM-official").expanduser(), ps.REPO_ROOT.parent / "ext" / "DiffMM",
-            ps.REPO_ROOT.parents[1] / "ext" / "DiffMM"]
+DEFAULTS = oc.default_places("DiffMM-official", "DiffMM")
 HOWTO = f"git clone https://github.com/HKUDS/DiffMM and set {ENV}=/path/to/the/clone"
-WINDOW = (4200, 4800)
 BATCH = 256
-SCORED_USERS = np.arange(0, WINDOW[1] - WINDOW[0], 3)
+SCORED_USERS = np.arange(0, ps.USER_WINDOW[1] - ps.USER_WINDOW[0], 3)  # every third user of the window
 REG, CL, E_LOSS, TEMP = 0.1, 0.5, 0.5, 0.5
 PRECISIONS = {"float32": (torch.float32, 1e-5), "float64": (torch.float64, 1e-6)}
 
@@ -83,16 +81,14 @@ DENOISER_KEYS = {"emb_layer.weight": "step_proj.weight", "emb_layer.bias": "step
 
 @pytest.fixture(scope="module")
 def authors():
-    folder, why = ps.locate_clone(ENV, DEFAULTS, ["Model.py", "Main.py", "Params.py"], HOWTO)
-    if folder is None:
-        pytest.skip(f"DIFFMM PARITY TESTS SKIPPED: {why}")
-    return ps.import_authors(folder, ["Params", "Model", "Utils.Utils", "DataHandler", "Main"],
+    folder = oc.require_clone(ENV, DEFAULTS, ["Model.py", "Main.py", "Params.py"], HOWTO, label="DIFFMM PARITY TESTS")
+    return oc.import_from_clone(folder, ["Params", "Model", "Utils.Utils", "DataHandler", "Main"],
                              ["Params", "Model", "Utils", "DataHandler", "Main"])
 
 
 @pytest.fixture(scope="module")
 def subset():
-    return ps.tiktok_subset(WINDOW)
+    return ps.tiktok_subset()
 
 
 @pytest.fixture(scope="module", params=SETTINGS, ids=lambda s: s.name)
@@ -116,7 +112,7 @@ def sides(authors, subset, setting, tmp_path_factory):
     from mmrec_rearm.host import ArrayDataLoader
 
     args = configure(authors, subset, setting)
-    with ps.authors_runtime(), torch.random.fork_rng():
+    with oc.authors_runtime(), torch.random.fork_rng():
         torch.manual_seed(0)
         model = authors.Model.Model(torch.from_numpy(subset.features["image"].copy()),
                                     torch.from_numpy(subset.features["audio"].copy()))
@@ -124,9 +120,9 @@ def sides(authors, subset, setting, tmp_path_factory):
         denoisers = [authors.Model.Denoise(out_dims[::-1], out_dims, args.d_emb_size, norm=args.norm)
                      for _ in range(2)]
         diffusion = authors.Model.GaussianDiffusion(args.noise_scale, args.noise_min, args.noise_max, args.steps)
-    ps.perturb(model.named_parameters(), seed=7)
+    ps.perturb([p for _, p in sorted(model.named_parameters())], seed=7)
     for m, denoiser in enumerate(denoisers):
-        ps.perturb(denoiser.named_parameters(), seed=11 + m, scale=0.01)
+        ps.perturb([p for _, p in sorted(denoiser.named_parameters())], seed=11 + m, scale=0.01)
 
     folder = tmp_path_factory.mktemp(f"diffmm_{setting.name}")
     subset.write_features(folder / "tiktok_parity")
@@ -145,12 +141,12 @@ def sides(authors, subset, setting, tmp_path_factory):
 
 
 def test_training_graph_matches_authors(authors, subset, sides, record_property):
-    from mmrec_rearm.baselines.diffmm import self_loop_graph
+    from mmrec_rearm.model.layers import normalized_interaction_graph
 
     handler = object.__new__(authors.DataHandler.DataHandler)
-    with ps.authors_runtime():
+    with oc.authors_runtime():
         theirs = ps.to_csr(handler.makeTorchAdj(sp.coo_matrix(subset.train)))
-    difference = ps.max_difference(theirs, self_loop_graph(subset.train))
+    difference = ps.max_difference(theirs, normalized_interaction_graph(subset.train, self_loops=True))
     assert difference <= 1e-7
     assert ps.max_difference(ps.graph_as_csr(sides[1].interaction_graph), theirs) <= 1e-7
     ps.report(record_property, "diffmm_training_graph_max_diff", difference)
@@ -175,7 +171,7 @@ def test_denoiser_training_step_matches_authors(subset, sides, setting, record_p
         items = theirs["model"].getItemEmbeds().detach()
         feats = [theirs["model"].getImageFeats().detach(), theirs["model"].getTextFeats().detach()]
     torch.manual_seed(21)
-    with ps.authors_runtime():
+    with oc.authors_runtime():
         for opt in their_opts:
             opt.zero_grad()
         terms = [theirs["diffusion"].training_losses(d, x0, items, None, f) for d, f in zip(theirs["denoisers"], feats)]
@@ -214,7 +210,7 @@ def test_generated_graphs_match_authors(authors, subset, sides, setting, record_
     x0 = torch.from_numpy(subset.train.toarray())
     coach = object.__new__(authors.Main.Coach)
     expected, worst = [], {}
-    with ps.authors_runtime(), torch.no_grad():
+    with oc.authors_runtime(), torch.no_grad():
         for m, denoiser in enumerate(theirs["denoisers"]):
             denoised = theirs["diffusion"].p_sample(denoiser, x0, args.sampling_steps, args.sampling_noise)
             worst[f"denoised{m}"] = ps.max_difference(
@@ -259,10 +255,10 @@ def _in_precision(sides, precision):
 def test_scores_views_losses_and_gradients_match_authors(authors, subset, sides, setting, precision, record_property):
     model, ours, adj, modal = _in_precision(sides, precision)
     tol = PRECISIONS[precision][1]
-    users, positives, negatives = subset.batch(BATCH, seed=3)
+    users, positives, negatives = ps.fixed_batch(subset, BATCH, 3, negatives="untrained")
     util = authors.Utils_Utils
     try:
-        with ps.authors_runtime():
+        with oc.authors_runtime():
             u_all, i_all = model.forward_MM(adj, *modal)
             loss = {"bpr": -util.pairPredict(u_all[users], i_all[positives], i_all[negatives]).sigmoid().log().sum() / BATCH,
                     "reg": model.reg_loss() * REG}

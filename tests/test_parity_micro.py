@@ -30,15 +30,14 @@ import scipy.sparse as sp
 
 torch = pytest.importorskip("torch")
 
+import official_code as oc  # noqa: E402
 import parity_support as ps  # noqa: E402
 
 ENV = "MICRO_OFFICIAL_SRC"
-DEFAULTS = [Path("~/MICRO-official").expanduser(), ps.REPO_ROOT.parent / "ext" / "MICRO",
-            ps.REPO_ROOT.parents[1] / "ext" / "MICRO"]
+DEFAULTS = oc.default_places("MICRO-official", "MICRO")
 HOWTO = f"git clone https://github.com/CRIPAC-DIG/MICRO and set {ENV}=/path/to/the/clone"
-WINDOW = (4200, 4800)
 BATCH = 256
-SCORED_USERS = np.arange(0, WINDOW[1] - WINDOW[0], 3)
+SCORED_USERS = np.arange(0, ps.USER_WINDOW[1] - ps.USER_WINDOW[0], 3)  # every third user of the window
 CL_WEIGHT, REG_WEIGHT, KNN_K, LAMBDA = 0.5, 0.1, 10, 0.9
 TIE_TOL = 1e-6
 
@@ -61,18 +60,16 @@ PRECISIONS = {"float32": (torch.float32, 1e-5), "float64": (torch.float64, 1e-6)
 
 @pytest.fixture(scope="module")
 def authors():
-    folder, why = ps.locate_clone(ENV, DEFAULTS, ["codes/Models.py", "codes/utility/norm.py"], HOWTO)
-    if folder is None:
-        pytest.skip(f"MICRO PARITY TESTS SKIPPED: {why}")
+    folder = oc.require_clone(ENV, DEFAULTS, ["codes/Models.py", "codes/utility/norm.py"], HOWTO, label="MICRO PARITY TESTS")
     # main.py star-imports utility.batch_test, which loads a dataset from disk at import time
     stub = types.ModuleType("utility.batch_test")
-    return ps.import_authors(folder / "codes", ["Models", "main", "utility.load_data"],
+    return oc.import_from_clone(folder / "codes", ["Models", "main", "utility.load_data"],
                              ["utility", "Models", "main"], {"utility.batch_test": stub})
 
 
 @pytest.fixture(scope="module")
 def subset():
-    return ps.tiktok_subset(WINDOW)
+    return ps.tiktok_subset()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +84,7 @@ def their_ui_graph(authors, subset, tmp_path_factory) -> sp.csr_matrix:
         for user, item in zip(subset.users[keep], subset.items[keep]):
             rows.setdefault(str(int(user)), []).append(int(item))
         (core / f"{name}.json").write_text(json.dumps(rows))
-    with ps.authors_runtime():
+    with oc.authors_runtime():
         data = authors.utility_load_data.Data(str(root), BATCH)
         assert (data.n_users, data.n_items) == (subset.n_users, subset.n_items)
         return sp.csr_matrix(data.get_adj_mat()[1], dtype=np.float64)
@@ -98,14 +95,14 @@ def build_pair(authors, subset, folder: Path, dtype):
     args = authors.Models.args
     args.topk, args.lambda_coeff, args.layers, args.cf_model = KNN_K, LAMBDA, 1, "lightgcn"
     args.sparse, args.norm_type, args.embed_size = 1, "sym", 64
-    with ps.authors_runtime(), torch.random.fork_rng():
+    with oc.authors_runtime(), torch.random.fork_rng():
         torch.manual_seed(0)
         # copies: their Embedding.from_pretrained(torch.Tensor(array)) shares the array's memory,
         # and the perturbation below would otherwise change the subset's features in place
         theirs = authors.Models.MICRO(subset.n_users, subset.n_items, 64, [64, 64], [0.1, 0.1],
                                       subset.features["image"].copy(), subset.features["audio"].copy())
     originals = {"image": ps.to_csr(theirs.image_original_adj), "audio": ps.to_csr(theirs.text_original_adj)}
-    ps.perturb(theirs.named_parameters(), seed=7)  # also breaks the duplicated audio vectors
+    ps.perturb([p for _, p in sorted(theirs.named_parameters())], seed=7)  # also breaks the duplicated audio vectors
 
     from mmrec_rearm.baselines.micro import MICRO
     from mmrec_rearm.host import ArrayDataLoader
@@ -214,7 +211,7 @@ def test_our_learned_neighbours_are_a_valid_top_k(pair, record_property):
 def test_learned_graphs_and_scores_match_authors(pair, their_ui_graph, precision, record_property):
     theirs, ours, _ = pair
     adj = ps.to_torch_sparse(their_ui_graph, theirs.user_embedding.weight.dtype)
-    with ps.authors_runtime(), torch.no_grad():
+    with oc.authors_runtime(), torch.no_grad():
         users, items, *_ = theirs(adj, build_item_graph=True)
         expected = (users[torch.as_tensor(SCORED_USERS)] @ items.T).double().numpy()
     ours.eval()
@@ -231,7 +228,7 @@ def test_learned_graphs_and_scores_match_authors(pair, their_ui_graph, precision
 
 def _their_terms(authors, theirs, adj, batch, rebuild: bool) -> dict:
     users, positives, negatives = batch
-    with ps.authors_runtime():
+    with oc.authors_runtime():
         u_all, i_all, image_view, text_view, fused = theirs(adj, build_item_graph=rebuild)
         trainer = types.SimpleNamespace(batch_size=BATCH, decay=REG_WEIGHT)
         bpr, emb, _ = authors.main.Trainer.bpr_loss(trainer, u_all[users], i_all[positives], i_all[negatives])
@@ -254,7 +251,7 @@ def test_losses_and_gradients_match_authors(authors, pair, their_ui_graph, subse
     ours.pre_epoch_processing()
     worst = {}
     for step, (seed, rebuild) in enumerate(((3, True), (4, False))):
-        batch = subset.batch(BATCH, seed)
+        batch = ps.fixed_batch(subset, BATCH, seed, negatives="untrained")
         theirs.zero_grad(set_to_none=True)
         ours.zero_grad(set_to_none=True)
         expected = _their_terms(authors, theirs, adj, batch, rebuild)

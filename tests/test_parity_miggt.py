@@ -18,7 +18,6 @@ three terms with the authors' loss functions and the authors' model outputs. Che
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,9 +30,9 @@ from mmrec_rearm.baselines.miggt import MIGGT, random_projection  # noqa: E402
 from mmrec_rearm.host import ArrayDataLoader  # noqa: E402
 from mmrec_rearm.model.layers import normalized_interaction_graph  # noqa: E402
 
-from official_code import (as_matrix, check_differences, eval_users, fixed_batch, float64_graph,  # noqa: E402
-                           import_from_clone, locate_clone, max_difference, perturb_, tiktok_subset,
-                           training_pairs)
+from official_code import default_places, import_from_clone, require_clone  # noqa: E402
+from parity_support import (as_matrix, check_differences, eval_users, fixed_batch, float64_graph,  # noqa: E402
+                            perturb, scaled_difference, tiktok_subset, training_pairs)
 
 ENV = "MIGGT_OFFICIAL_SRC"
 HOWTO = f"git clone https://github.com/CrawlScript/MIG-GT ~/MIG-GT (or set {ENV} to a clone)"
@@ -58,7 +57,7 @@ def key_map(authors_key: str):
 
 @pytest.fixture(scope="module")
 def authors():
-    folder, _ = locate_clone(ENV, Path("~/MIG-GT"), ["mig_gt/layers/mirf_gt.py", "mig_gt/layers/mgdcf.py"], HOWTO)
+    folder = require_clone(ENV, default_places("MIG-GT"), ["mig_gt/layers/mirf_gt.py", "mig_gt/layers/mgdcf.py"], HOWTO)
     return import_from_clone(folder, ["mig_gt.layers.mirf_gt", "mig_gt.layers.mgdcf", "mig_gt.layers.sign",
                                       "mig_gt.losses"], top_level=["mig_gt"])
 
@@ -108,7 +107,7 @@ def test_graph_and_projection_match(authors, subset, authors_graph):
     torch.manual_seed(5)
     expected = authors.mig_gt_layers_sign.random_project(image, 128)
     torch.manual_seed(5)
-    assert max_difference(random_projection(image, 128), expected) < 1e-6
+    assert scaled_difference(random_projection(image, 128), expected) < 1e-6
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "ke{k_e}-kt{k_t}-kv{k_v}-C{num_samples}-m{num_negs}".format(**c))
@@ -130,7 +129,7 @@ def test_scores_and_losses_match_in_float64(authors, subset, authors_graph, feat
     ours = MIGGT(config, ArrayDataLoader(users, items, n_users, n_items)).double()
     with Float64Default():
         authors.mig_gt_layers_mgdcf.MGDCF.norm_adj(authors_graph)
-    ours.graph = float64_graph(as_matrix(authors_graph))
+    ours.interaction_graph = float64_graph(as_matrix(authors_graph))
 
     generator = torch.Generator().manual_seed(6)
     user_embeddings = torch.randn(n_users, d, generator=generator, dtype=torch.float64) / 8.0
@@ -138,7 +137,7 @@ def test_scores_and_losses_match_in_float64(authors, subset, authors_graph, feat
     torch.manual_seed(7)
     image = authors.mig_gt_layers_sign.random_project(torch.from_numpy(subset.features["image"]), 128).double()
     text = torch.from_numpy(subset.features["audio"]).double()
-    perturb_(list(theirs.parameters()) + [b for name, b in theirs.named_buffers() if "running" in name], seed=8)
+    perturb(list(theirs.parameters()) + [b for name, b in theirs.named_buffers() if "running" in name], seed=8)
     state = {}
     for key, value in theirs.state_dict().items():
         if key_map(key) is not None:
@@ -163,7 +162,7 @@ def test_scores_and_losses_match_in_float64(authors, subset, authors_graph, feat
         torch.manual_seed(21)
         user_h, item_h, _ = authors_forward()
         torch.manual_seed(21)
-        found["scores"] = max_difference(ours.full_sort_predict((watched,)), user_h[watched] @ item_h.t())
+        found["scores"] = scaled_difference(ours.full_sort_predict((watched,)), user_h[watched] @ item_h.t())
 
         theirs.train()
         ours.train()
@@ -183,6 +182,6 @@ def test_scores_and_losses_match_in_float64(authors, subset, authors_graph, feat
         negatives = torch.randint(0, n_items, [len(u), case["num_negs"]])
         torch.manual_seed(31)
         ranking, l2, unsmooth = ours.loss_terms(u, p, negatives)
-    found.update(info_bpr=max_difference(ranking, expected_ranking), l2=max_difference(l2, expected_l2),
-                 unsmooth=max_difference(unsmooth, expected_unsmooth))
+    found.update(info_bpr=scaled_difference(ranking, expected_ranking), l2=scaled_difference(l2, expected_l2),
+                 unsmooth=scaled_difference(unsmooth, expected_unsmooth))
     check_differences(f"MIGGT {case}", found, record_property)

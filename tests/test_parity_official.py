@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import importlib
 import os
 import types
 import warnings
@@ -37,12 +36,10 @@ torch = pytest.importorskip("torch")
 
 from mmrec_rearm.graphs import GraphParams, build_graphs  # noqa: E402
 
-from official_code import isolated_imports  # noqa: E402
+from official_code import import_from_clone  # noqa: E402
+from parity_support import (USER_WINDOW, Subset, fixed_batch, graph_as_csr, perturb, report,  # noqa: E402
+                            tiktok_subset, to_csr, to_torch_sparse)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TIKTOK_ENV = "REARM_TIKTOK_DATA"
-TIKTOK_DEFAULT = REPO_ROOT.parent / "shared" / "data" / "tiktok"
-USER_WINDOW = (4200, 4800)
 SUBSET_NAME = "tiktok_parity"
 
 VALUE_TOL = 1e-6   # graph values
@@ -90,19 +87,11 @@ OFFICIAL_ITEM_GRAPH = "stre_" + "ii_graph"
 def import_official(folder: Path) -> types.SimpleNamespace:
     """The official `utils.helper`, `utils.data_loader` and `model` modules as attributes.
 
-    They stay usable after the import context closes (functions keep their globals) but are
-    not left in sys.modules under their generic names."""
-    with isolated_imports(folder, _CLASHING_TOP_LEVEL), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return types.SimpleNamespace(
-                helper=importlib.import_module("utils.helper"),
-                data_loader=importlib.import_module("utils.data_loader"),
-                model=importlib.import_module("model"),
-            )
-        except ImportError as exc:  # e.g. tqdm / matplotlib missing from the environment
-            pytest.skip(f"PARITY TESTS SKIPPED: the official code at {folder} does not import "
-                        f"({exc}); see docs/testing.md")
+    They stay usable after the import (functions keep their globals) but are not left in
+    sys.modules under their generic names. Skips when they do not import (e.g. tqdm missing)."""
+    loaded = import_from_clone(folder, ["utils.helper", "utils.data_loader", "model"], _CLASHING_TOP_LEVEL)
+    return types.SimpleNamespace(helper=loaded.utils_helper, data_loader=loaded.utils_data_loader,
+                                 model=loaded.model)
 
 
 @contextlib.contextmanager
@@ -119,62 +108,9 @@ def _quiet_official(seed: int = 0):
         np.random.set_state(state)
 
 
-def to_csr(tensor) -> sp.csr_matrix:
-    """A torch sparse (or dense) 2-d tensor as float64 CSR with duplicate entries summed."""
-    if tensor.layout != torch.strided:
-        tensor = tensor.coalesce()
-        rows, cols = tensor.indices().numpy()
-        values = tensor.values().double().numpy()
-        return sp.csr_matrix((values, (rows, cols)), shape=tuple(tensor.shape))
-    return sp.csr_matrix(tensor.double().numpy())
-
-
-def to_torch_sparse(matrix: sp.spmatrix):
-    """float32 torch sparse COO (the official model's graph format); .double() for float64."""
-    coo = sp.coo_matrix(matrix, dtype=np.float32)
-    indices = torch.from_numpy(np.vstack((coo.row, coo.col)).astype(np.int64))
-    return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape).coalesce()
-
-
 # --------------------------------------------------------------------------------------------
 # the TikTok subset, written once for both sides
 # --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Subset:
-    users: np.ndarray        # (n,) re-indexed user ids, every split
-    items: np.ndarray        # (n,) re-indexed item ids
-    split: np.ndarray        # (n,) 0 train / 1 valid / 2 test
-    features: dict           # "image" / "audio" -> (n_items, 128) float32
-    n_users: int
-    n_items: int
-
-    @property
-    def train(self) -> sp.csr_matrix:
-        keep = self.split == 0
-        matrix = sp.csr_matrix((np.ones(keep.sum(), dtype=np.float32),
-                                (self.users[keep], self.items[keep])),
-                               shape=(self.n_users, self.n_items))
-        matrix.sum_duplicates()
-        matrix.data[:] = 1.0
-        return matrix
-
-    @property
-    def users_without_training(self) -> np.ndarray:
-        return np.flatnonzero(np.diff(self.train.indptr) == 0)
-
-
-def read_subset(folder: Path) -> Subset:
-    table = np.loadtxt(folder / "tiktok.inter", dtype=np.int64, delimiter="\t", skiprows=1,
-                       usecols=(0, 1, 4))
-    low, high = USER_WINDOW
-    table = table[(table[:, 0] >= low) & (table[:, 0] < high)]
-    item_ids, items = np.unique(table[:, 1], return_inverse=True)
-    features = {name: np.load(folder / f"{name}_feat.npy")[item_ids].astype(np.float32)
-                for name in ("image", "audio")}
-    return Subset(users=table[:, 0] - low, items=items, split=table[:, 2], features=features,
-                  n_users=high - low, n_items=len(item_ids))
-
 
 def write_official_dataset(subset: Subset, root: Path) -> None:
     """The official loader's layout: data/<name>/{train,valid,test}.npy as (2, n) user/item rows,
@@ -317,12 +253,7 @@ def official(official_src):
 
 @pytest.fixture(scope="module")
 def subset() -> Subset:
-    configured = os.environ.get(TIKTOK_ENV)
-    folder = Path(configured) if configured else TIKTOK_DEFAULT
-    if not (folder / "tiktok.inter").is_file():
-        pytest.skip(f"PARITY TESTS SKIPPED: TikTok data not found at {folder}; set {TIKTOK_ENV} "
-                    "to a folder with tiktok.inter, image_feat.npy and audio_feat.npy")
-    return read_subset(folder)
+    return tiktok_subset()
 
 
 @pytest.fixture(scope="module")
@@ -487,11 +418,6 @@ def compare_rows_exactly(ours: sp.csr_matrix, theirs: sp.csr_matrix, rows: np.nd
 def support(matrix: sp.csr_matrix, i: int) -> np.ndarray:
     idx, val = row(matrix, i)
     return idx[val != 0]
-
-
-def report(record_property, name: str, value) -> None:
-    print(f"[parity] {name} = {value}")
-    record_property(name, value)
 
 
 def fail_if(problems: list[str], what: str) -> None:
@@ -662,17 +588,6 @@ BATCH_SIZE = 256
 SCORED_USERS = np.arange(0, USER_WINDOW[1] - USER_WINDOW[0], 3)  # includes user 171 (no training items)
 
 
-def perturb_parameters(model, seed: int = 7) -> None:
-    """Move every parameter off its initial value (biases 0, LayerNorm 1/0, PReLU 0.25) so that
-    a key mapped to the wrong tensor changes the result; NaN starting values (official user
-    preferences of users without training items) become finite."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, parameter in sorted(model.named_parameters()):
-            noise = torch.randn(parameter.shape, generator=generator)
-            parameter.copy_(torch.nan_to_num(parameter, nan=0.0) + 0.05 * noise)
-
-
 def build_official_model(official, setting: Setting, side: OfficialSide, graphs: dict, workdir: Path):
     """The official REARM on the official dataset, then given OUR homogeneous graphs (its own
     co-occurrence rows are padded at random, which no seed of ours reproduces), perturbed
@@ -688,21 +603,8 @@ def build_official_model(official, setting: Setting, side: OfficialSide, graphs:
         model = official.model.REARM(config, side.dataset)
     setattr(model, OFFICIAL_USER_GRAPH, to_torch_sparse(graphs["user_homogeneous"]))
     setattr(model, OFFICIAL_ITEM_GRAPH, to_torch_sparse(graphs["item_homogeneous"]))
-    perturb_parameters(model)
+    perturb([p for _, p in sorted(model.named_parameters())], seed=7)
     return model.eval()
-
-
-def training_batch(subset: Subset, size: int = BATCH_SIZE, seed: int = 3):
-    """(users, positives, negatives), each (size,) int64: training pairs and, per pair, an item
-    the user has in no split (the official sampler's rule)."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(np.flatnonzero(subset.split == 0), size=size, replace=False)
-    users, positives = subset.users[pick], subset.items[pick]
-    negatives = np.empty_like(users)
-    for n, user in enumerate(users):
-        seen = set(subset.items[subset.users == user].tolist())
-        negatives[n] = rng.choice([i for i in range(subset.n_items) if i not in seen])
-    return (torch.from_numpy(users), torch.from_numpy(positives), torch.from_numpy(negatives))
 
 
 def official_loss_terms(model, batch, n_users: int) -> dict:
@@ -718,14 +620,6 @@ def official_loss_terms(model, batch, n_users: int) -> dict:
 def official_scores(model, users) -> np.ndarray:
     with torch.no_grad():
         return model.full_sort_predict([torch.as_tensor(users)]).double().numpy()
-
-
-def write_mmrec_features(subset: Subset, root: Path) -> None:
-    """Feature files where our model's host stand-in looks: <data_path><dataset>/<name>_feat.npy."""
-    folder = root / SUBSET_NAME
-    folder.mkdir(parents=True)
-    for name, values in subset.features.items():
-        np.save(folder / f"{name}_feat.npy", values)
 
 
 def our_config(setting: Setting, data_root: Path) -> dict:
@@ -745,7 +639,7 @@ def our_config(setting: Setting, data_root: Path) -> dict:
 @pytest.fixture(scope="module")
 def model_data_root(subset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rearm_ours_data")
-    write_mmrec_features(subset, root)
+    subset.write_features(root / SUBSET_NAME)
     return root
 
 
@@ -759,13 +653,6 @@ def our_model(subset, setting, model_data_root):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return REARM(our_config(setting, model_data_root), loader).eval()
-
-
-def graph_as_csr(graph) -> sp.csr_matrix:
-    """Our model's SparseGraph (torch sparse CSR) as float64 scipy CSR."""
-    matrix = graph.forward_matrix
-    return sp.csr_matrix((matrix.values().double().numpy(), matrix.col_indices().numpy(),
-                          matrix.crow_indices().numpy()), shape=tuple(matrix.shape))
 
 
 @pytest.fixture(scope="module")
@@ -848,7 +735,7 @@ def test_scores_match_official(precision, request, setting, record_property):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_loss_terms_match_official(precision, request, subset, setting, record_property):
     theirs, ours = _pair_in(precision, request)
-    batch = training_batch(subset)
+    batch = fixed_batch(subset, BATCH_SIZE, seed=3)
     expected = official_loss_terms(theirs, batch, subset.n_users)
     with torch.no_grad():
         bpr, contrastive, orthogonal, reg = ours.calculate_loss(torch.stack(batch))

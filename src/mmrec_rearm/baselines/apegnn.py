@@ -27,7 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model.layers import propagate
-from .base import GraphRecommender, Settings
+from ..model.losses import bpr_loss
+from .base import BaselineRecommender
+from .settings import Settings
 
 __all__ = ["ApeGNN", "hop_weights"]
 
@@ -47,7 +49,7 @@ def hop_weights(t: torch.Tensor, n_layers: int, kernel: str) -> torch.Tensor:
     return t * (1.0 - t).pow(k)
 
 
-class ApeGNN(GraphRecommender):
+class ApeGNN(BaselineRecommender):
     """ApeGNN for MMRec; settings: configs/model/ApeGNN.yaml."""
 
     def __init__(self, config: Any, dataloader: Any):
@@ -63,7 +65,7 @@ class ApeGNN(GraphRecommender):
         self.edge_drop_rate = s.rate("edge_drop_rate", 0.0)
         logger.info(s.summary())
 
-        self.graph = self.interaction_graph(self_loops=False)
+        self.interaction_graph = self.training_graph(self_loops=False)
         d = self.embedding_size
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
@@ -108,6 +110,6 @@ class ApeGNN(GraphRecommender):
         hops = self.hops()
         u, p, n = hops[users], hops[pos + self.n_users], hops[neg + self.n_users]
         u_e, p_e, n_e = self.pooled(u), self.pooled(p), self.pooled(n)
-        bpr = F.softplus((u_e * n_e).sum(-1) - (u_e * p_e).sum(-1)).mean()
+        bpr = bpr_loss((u_e * p_e).sum(-1), (u_e * n_e).sum(-1))
         reg = self.reg_weight * (u[:, 0].pow(2).sum() + p[:, 0].pow(2).sum() + n[:, 0].pow(2).sum()) / 2
         return bpr, reg / users.shape[0]

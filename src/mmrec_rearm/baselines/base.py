@@ -1,78 +1,33 @@
-"""What the graph baselines (ApeGNN, MGDN, MIG-GT) share on top of MMRec's ``GeneralRecommender``:
-validated settings with optional per-dataset presets, the training matrix and its normalised graph,
-edge dropout on a fixed :class:`~mmrec_rearm.model.layers.SparseGraph`, and scoring from
-representations that are computed once per evaluation pass.
+"""What the five baselines share on top of MMRec's ``GeneralRecommender``: the training matrix and
+its normalised graph, edge dropout on a fixed graph, the modal item features of MMRec's two slots,
+and scoring from representations that are computed once per evaluation pass.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from ..data import training_matrix
-from ..errors import ConfigError
-from ..host import BaseRecommender, CachedScoring, config_value
+from ..errors import DatasetError
+from ..host import BaseRecommender, CachedScoring, item_features
 from ..model.layers import SparseGraph, normalized_interaction_graph
-from ..model.presets import _choice, _flag, _number, describe, resolve
 
-__all__ = ["Settings", "EdgeDropout", "GraphRecommender"]
+__all__ = ["BaselineRecommender", "EdgeDropout", "training_interactions"]
 
 
-class Settings:
-    """Reads one model's keys from MMRec's ``Config`` (or a mapping), validating each.
-
-    With ``presets`` (dataset name -> {key: value}, e.g. the authors' per-dataset settings), a key
-    of the presets that is unset (``~``) is filled by the rule of
-    :func:`mmrec_rearm.model.presets.resolve`: the run's config, else the dataset YAML, else the
-    dataset's preset, else the ``fallback`` preset. Every value read is kept in :attr:`values`.
-    """
-
-    def __init__(self, config: Any, owner: str,
-                 presets: Optional[Mapping[str, Mapping[str, Any]]] = None, fallback: str = "baby"):
-        self.owner = owner
-        self.get = lambda key, default=None: config_value(config, key, default)  # noqa: E731
-        self.dataset = str(self.get("dataset", "") or "")
-        self.resolved = (resolve(lambda key: self.get(key), self.dataset, presets=presets,
-                                 fallback=fallback, model=owner) if presets else None)
-        self.values: Dict[str, Any] = {}
-
-    def _raw(self, key: str, default: Any) -> Any:
-        if self.resolved is not None and key in self.resolved.values:
-            return self.resolved.values[key]
-        return self.get(key, default)
-
-    def _keep(self, key: str, value: Any) -> Any:
-        self.values[key] = value
-        return value
-
-    def integer(self, key: str, default: int, low: float = 0, high: float = float("inf")) -> int:
-        return self._keep(key, _number(key, self._raw(key, default), int, low, high, model=self.owner))
-
-    def real(self, key: str, default: float, low: float = 0.0, high: float = float("inf"),
-             low_open: bool = False) -> float:
-        return self._keep(key, _number(key, self._raw(key, default), float, low, high, low_open,
-                                       model=self.owner))
-
-    def rate(self, key: str, default: float) -> float:
-        """A dropout rate in [0, 1)."""
-        value = self.real(key, default, 0.0, 1.0)
-        if value >= 1.0:
-            raise ConfigError(f"{self.owner} config key '{key}' is a dropout rate and must lie in "
-                              f"[0, 1), got {value!r}.")
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        return self._keep(key, _flag(key, self._raw(key, default), model=self.owner))
-
-    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
-        return self._keep(key, _choice(key, self._raw(key, default), choices, model=self.owner))
-
-    def summary(self) -> str:
-        """Log lines: the preset applied (if any) and every setting."""
-        head = describe(self.resolved, self.dataset, model=self.owner) + "\n" if self.resolved else ""
-        return head + f"{self.owner} settings: " + ", ".join(f"{k}={v}" for k, v in self.values.items())
+def training_interactions(dataloader: Any, n_users: int, n_items: int) -> sp.csr_matrix:
+    """The training matrix ``(n_users, n_items)`` float32 0/1 (duplicates merged) from the host's
+    ``dataloader.inter_matrix(form='coo')``."""
+    coo = dataloader.inter_matrix(form="coo")
+    matrix = training_matrix(np.asarray(coo.row), np.asarray(coo.col), n_users, n_items)
+    if matrix.shape != (n_users, n_items):
+        raise DatasetError(f"interaction matrix has shape {matrix.shape}, expected "
+                           f"(n_users={n_users}, n_items={n_items})")
+    return matrix
 
 
 class EdgeDropout:
@@ -112,39 +67,53 @@ class EdgeDropout:
         return SparseGraph.from_tensors(dropped, dropped_t)
 
 
-class GraphRecommender(CachedScoring, BaseRecommender):
-    """Base of the graph baselines. Subclasses implement :meth:`forward` (all users' and all
-    items' final representations, ``(n_users, D)`` and ``(n_items, D)``) and ``calculate_loss``.
+class BaselineRecommender(CachedScoring, BaseRecommender):
+    """Base of the baselines. Subclasses implement :meth:`forward` (all users' and all items'
+    final representations, ``(n_users, D)`` and ``(n_items, D)``) and ``calculate_loss``, and set
+    :attr:`interaction_graph` (usually :meth:`training_graph`).
 
     Provides :attr:`interactions` (the training matrix ``(n_users, n_items)``, 0/1 float32 CSR,
-    duplicates merged), :meth:`interaction_graph` (subclasses keep theirs in :attr:`graph`),
-    :meth:`step_graph` (edge dropout) and, through :class:`~mmrec_rearm.host.CachedScoring`,
-    MMRec's scoring from representations computed once per evaluation pass.
+    duplicates merged), :meth:`training_graph`, :meth:`step_graph` (edge dropout),
+    :meth:`modal_features` and, through :class:`~mmrec_rearm.host.CachedScoring`, MMRec's scoring
+    from representations computed once per evaluation pass (a model whose representations depend
+    on more than its parameters and buffers drops ``_eval_cache`` when that changes).
     """
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        coo = dataloader.inter_matrix(form="coo")
-        self.interactions = training_matrix(coo.row, coo.col, self.n_users, self.n_items)
-        self.graph: Optional[SparseGraph] = None  # set by the subclass (interaction_graph)
+        self.interactions = training_interactions(dataloader, self.n_users, self.n_items)
+        self.interaction_graph: Optional[SparseGraph] = None  # set by the subclass
         self._edge_dropout: Optional[EdgeDropout] = None
 
     @property
     def torch_device(self) -> torch.device:
         return torch.device(self.device) if self.device is not None else torch.device("cpu")
 
-    def interaction_graph(self, self_loops: bool = False) -> SparseGraph:
-        """``D^-1/2 (A [+ I]) D^-1/2`` of the bipartite training graph, (N, N) with users first."""
-        return SparseGraph(normalized_interaction_graph(self.interactions, self_loops=self_loops),
+    def training_graph(self, self_loops: bool = False, norm: str = "sym") -> SparseGraph:
+        """``D^-1/2 (A [+ I]) D^-1/2`` (``norm='rw'``: ``D^-1 (A [+ I])``) of the bipartite
+        training graph, (N, N) with users first."""
+        return SparseGraph(normalized_interaction_graph(self.interactions, self_loops=self_loops, norm=norm),
                            self.torch_device)
 
     def step_graph(self, drop_rate: float) -> SparseGraph:
-        """:attr:`graph`, edge-dropped at ``drop_rate`` (a fresh draw per call) in training mode."""
+        """:attr:`interaction_graph`, edge-dropped at ``drop_rate`` (a fresh draw per call) in
+        training mode."""
         if not self.training or drop_rate == 0.0:
-            return self.graph
-        if self._edge_dropout is None or self._edge_dropout.graph is not self.graph:
-            self._edge_dropout = EdgeDropout(self.graph)
+            return self.interaction_graph
+        if self._edge_dropout is None or self._edge_dropout.graph is not self.interaction_graph:
+            self._edge_dropout = EdgeDropout(self.interaction_graph)
         return self._edge_dropout(drop_rate)
+
+    def modal_features(self, config: Any) -> Tuple[List[str], List[torch.Tensor]]:
+        """The item features of MMRec's vision and text slots that exist, in that order -> (names,
+        (n_items, d_m) float tensors); names are the file stems, made distinct if they repeat."""
+        name = type(self).__name__
+        found = item_features(self, config, name)
+        for stem, tensor in found:
+            if tensor.dim() != 2 or tensor.shape[0] != self.n_items:
+                raise DatasetError(f"{name}: feature file {stem!r} has shape {tuple(tensor.shape)}, "
+                                   f"expected (n_items={self.n_items}, d).")
+        return [stem for stem, _ in found], [tensor.float() for _, tensor in found]
 
     def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -38,12 +38,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..host import BaseRecommender
 from ..model import layers as L
-from .common import Settings, modal_features, parameter_versions, training_interactions
+from .base import BaselineRecommender
 from .gaussian_diffusion import Denoiser, GaussianDiffusion
+from .settings import Settings
 
-__all__ = ["DiffMM", "PRESETS", "self_loop_graph", "drop_edges", "contrast_nodes"]
+__all__ = ["DiffMM", "PRESETS", "drop_edges", "contrast_nodes"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +66,6 @@ OFFICIAL_NAMES = {"latdim": "embedding_size", "gnn_layer": "n_layers", "reg": "r
                   "lr": "learning_rate", "batch": "train_batch_size"}
 TRANSFORMS = ("matrix", "linear", "mixed")
 CL_MODES = ("modal", "main")
-
-
-def self_loop_graph(interactions: sp.spmatrix) -> sp.csr_matrix:
-    """``D^-1/2 (A + I) D^-1/2`` of the bipartite graph of ``interactions`` (n_users, n_items),
-    any non-zero being one edge -> (n_users + n_items) square float32 CSR."""
-    r = sp.csr_matrix(interactions, dtype=np.float32)
-    r.data[:] = 1.0
-    n = sum(r.shape)
-    adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
-    adj.resize((n, n))
-    adj = (adj + sp.identity(n, dtype=np.float32, format="csr")).tocsr()
-    scale = sp.diags(np.asarray(adj.sum(axis=1), dtype=np.float64).ravel() ** -0.5)
-    out = (scale @ adj @ scale).tocsr().astype(np.float32)
-    out.sort_indices()
-    return out
 
 
 def drop_edges(graph: sp.spmatrix, keep_rate: float, generator: Optional[torch.Generator] = None) -> sp.csr_matrix:
@@ -126,45 +111,43 @@ class FeatureTransform(nn.Module):
         return self.linear(x)
 
 
-class DiffMM(BaseRecommender):
+class DiffMM(BaselineRecommender):
     """DiffMM for MMRec: ``DiffMM(config, dataloader)``; settings in configs/model/DiffMM.yaml."""
 
     GENERATION_CHUNK = 256  # users per reverse-process chunk (memory only)
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        s = Settings("DiffMM", config, official_names=OFFICIAL_NAMES, presets=PRESETS, fallback="baby")
-        logger.info(s.describe_presets())
-        d = self.embedding_size = s.number("embedding_size", 64, int, 1)
-        self.n_layers = s.number("n_layers", 1, int, 0)
-        self.reg_weight = s.number("reg_weight", None, float, 0.0)
-        self.cl_weight = s.number("cl_weight", None, float, 0.0)
-        self.cl_temperature = s.number("cl_temperature", None, float, 0.0, low_open=True)
-        self.keep_rate = s.number("keep_rate", None, float, 0.0, 1.0, low_open=True)
-        self.e_loss_weight = s.number("e_loss_weight", None, float, 0.0)
-        self.ris_lambda = s.number("ris_lambda", None, float)
-        self.ris_adj_lambda = s.number("ris_adj_lambda", 0.2, float)
+        s = Settings(config, "DiffMM", official_names=OFFICIAL_NAMES, presets=PRESETS, fallback="baby")
+        any_real = float("-inf")
+        d = self.embedding_size = s.integer("embedding_size", 64, 1)
+        self.n_layers = s.integer("n_layers", 1, 0)
+        self.reg_weight = s.real("reg_weight", None, 0.0)
+        self.cl_weight = s.real("cl_weight", None, 0.0)
+        self.cl_temperature = s.real("cl_temperature", None, 0.0, low_open=True)
+        self.keep_rate = s.real("keep_rate", None, 0.0, 1.0, low_open=True)
+        self.e_loss_weight = s.real("e_loss_weight", None, 0.0)
+        self.ris_lambda = s.real("ris_lambda", None, any_real)
+        self.ris_adj_lambda = s.real("ris_adj_lambda", 0.2, any_real)
         transform = s.choice("feature_transform", None, TRANSFORMS)
         self.cl_mode = s.choice("cl_mode", None, CL_MODES)
-        self.rebuild_k = s.number("rebuild_k", 1, int, 1)
-        self.sampling_steps = s.number("sampling_steps", 0, int, 0)
+        self.rebuild_k = s.integer("rebuild_k", 1, 1)
+        self.sampling_steps = s.integer("sampling_steps", 0, 0)
         self.sampling_noise = s.flag("sampling_noise", False)
-        self.batch_size = s.number("train_batch_size", 2048, int, 1)
-        self.diffusion_batch_size = s.number("diffusion_batch_size", self.batch_size, int, 1)
-        self.diffusion_lr = s.number("diffusion_learning_rate", s.number("learning_rate", 1e-3, float, 0.0),
-                                     float, 0.0)
-        steps = s.number("diffusion_steps", 5, int, 1)
+        self.batch_size = s.integer("train_batch_size", 2048, 1)
+        self.diffusion_batch_size = s.integer("diffusion_batch_size", self.batch_size, 1)
+        self.diffusion_lr = s.real("diffusion_learning_rate", s.real("learning_rate", 1e-3, 0.0), 0.0)
+        steps = s.integer("diffusion_steps", 5, 1)
         if not 0 <= self.sampling_steps <= steps:
             raise ConfigError(f"DiffMM config key 'sampling_steps' = {self.sampling_steps} must lie in "
                               f"[0, diffusion_steps={steps}].")
         if self.rebuild_k >= self.n_items:
             raise ConfigError(f"DiffMM config key 'rebuild_k' = {self.rebuild_k} but there are only "
                               f"{self.n_items} items; choose rebuild_k <= {self.n_items - 1}.")
-        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        device = self.torch_device
 
-        self.train_matrix = training_interactions(dataloader, self.n_users, self.n_items)
-        self.interaction_graph = L.SparseGraph(self_loop_graph(self.train_matrix), device)
-        names, feats = modal_features(self, config, "DiffMM")
+        self.interaction_graph = self.training_graph(self_loops=True)  # D^-1/2 (A + I) D^-1/2
+        names, feats = self.modal_features(config)
         self.modality_names = tuple(names)
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
@@ -173,24 +156,20 @@ class DiffMM(BaseRecommender):
         kinds = [transform if transform != "mixed" else ("matrix" if m == 0 else "linear") for m in range(len(feats))]
         self.transforms = nn.ModuleList(FeatureTransform(f.shape[1], d, k) for f, k in zip(feats, kinds))
         self.modal_weight = nn.Parameter(torch.full((len(feats),), 1.0 / len(feats)))
-        self.diffusion = GaussianDiffusion(s.number("noise_scale", 0.1, float, 0.0, low_open=True),
-                                           s.number("noise_min", 1e-4, float, 0.0),
-                                           s.number("noise_max", 0.02, float, 0.0), steps, device)
+        self.diffusion = GaussianDiffusion(s.real("noise_scale", 0.1, 0.0, low_open=True),
+                                           s.real("noise_min", 1e-4, 0.0),
+                                           s.real("noise_max", 0.02, 0.0), steps, device)
         dims = s.int_list("denoise_dims", [1000])
-        step_size = s.number("step_embedding_size", 10, int, 1)
-        norm, dropout = s.flag("denoise_norm", False), s.number("denoise_dropout", 0.5, float, 0.0, 1.0)
+        step_size = s.integer("step_embedding_size", 10, 1)
+        norm, dropout = s.flag("denoise_norm", False), s.real("denoise_dropout", 0.5, 0.0, 1.0)
         # held outside the module tree on purpose (see the module docstring); _apply moves them along
         object.__setattr__(self, "denoisers", nn.ModuleList(
             Denoiser(self.n_items, dims, step_size, norm, dropout) for _ in feats))
         self.to(device)
         self._diffusion_optimizer: Optional[torch.optim.Optimizer] = None
         self.modal_graphs: Optional[List[L.SparseGraph]] = None
-        self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
         self._epoch_note = ""
-        logger.info("DiffMM settings: d=%d, n_layers=%d, modalities=%s, transforms=%s, cl_mode=%s, "
-                    "diffusion steps=%d dims=%s, rebuild_k=%d, diffusion batch=%d lr=%g", d, self.n_layers,
-                    names, kinds, self.cl_mode, steps, list(dims), self.rebuild_k, self.diffusion_batch_size,
-                    self.diffusion_lr)
+        logger.info("%s\nDiffMM modalities %s, feature transforms %s", s.summary(), names, kinds)
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -207,7 +186,7 @@ class DiffMM(BaseRecommender):
 
     def _user_rows(self, users: np.ndarray) -> torch.Tensor:
         """Dense training rows (b, n_items) of ``users``: the diffusion's x_0."""
-        rows = self.train_matrix[users].toarray()
+        rows = self.interactions[users].toarray()
         return torch.from_numpy(rows).to(self.item_embedding.device, self.item_embedding.dtype)
 
     def modal_item_features(self) -> List[torch.Tensor]:
@@ -262,8 +241,8 @@ class DiffMM(BaseRecommender):
             users = np.repeat(np.arange(self.n_users), self.rebuild_k)
             generated = sp.csr_matrix((np.ones(users.size, np.float32), (users, items.ravel())),
                                       shape=(self.n_users, self.n_items))
-            graphs.append(L.SparseGraph(drop_edges(self_loop_graph(generated), self.keep_rate), device,
-                                        self.item_embedding.dtype))
+            graph = L.normalized_interaction_graph(generated, self_loops=True)
+            graphs.append(L.SparseGraph(drop_edges(graph, self.keep_rate), device, self.item_embedding.dtype))
         self.modal_graphs = graphs
         return graphs
 
@@ -309,18 +288,13 @@ class DiffMM(BaseRecommender):
         losses = self.train_diffusion()
         t1 = time.perf_counter()
         self.generate_graphs()
-        self._eval_cache = None
+        self._eval_cache = None  # new generated graphs: the parameters alone do not key the scores
         self._epoch_note = (f"DiffMM diffusion: loss per modality {', '.join(f'{v:.4f}' for v in losses)}; "
                             f"denoiser training {t1 - t0:.1f}s, graph generation {time.perf_counter() - t1:.1f}s")
         logger.debug(self._epoch_note)
 
     def post_epoch_processing(self):
         return self._epoch_note or None
-
-    def train(self, mode: bool = True):
-        if mode:
-            self._eval_cache = None
-        return super().train(mode)
 
     def calculate_loss(self, interaction):
         """-> (BPR, reg, cl) for one batch (3, b) of users, positive and negative items."""
@@ -342,22 +316,3 @@ class DiffMM(BaseRecommender):
                     contrast_nodes(ia, ib, pos, self.cl_temperature)
             cl = self.cl_weight * cl
         return bpr, reg, cl
-
-    def _representations(self):
-        version = parameter_versions(self)
-        if self.training or self._eval_cache is None or self._eval_cache[0] != version:
-            with torch.no_grad():
-                users, items = self.forward()
-            if self.training:
-                return users, items
-            self._eval_cache = (version, users, items)
-        return self._eval_cache[1], self._eval_cache[2]
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores of the batch users (``interaction[0]``, (b,)) against all items -> (b, n_items)."""
-        users, items = self._representations()
-        return users[interaction[0]] @ items.t()
-
-    def predict(self, interaction) -> torch.Tensor:
-        users, items = self._representations()
-        return (users[interaction[0]] * items[interaction[1]]).sum(-1)

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import GraphRecommender, Settings
+from .base import BaselineRecommender
+from .settings import Settings
 from .markov_diffusion import info_bpr_loss, markov_diffusion, with_uniform_negatives
 
 __all__ = ["MGDN"]
@@ -32,7 +33,7 @@ __all__ = ["MGDN"]
 logger = logging.getLogger(__name__)
 
 
-class MGDN(GraphRecommender):
+class MGDN(BaselineRecommender):
     """MGDCF for MMRec; settings: configs/model/MGDN.yaml."""
 
     def __init__(self, config: Any, dataloader: Any):
@@ -49,7 +50,7 @@ class MGDN(GraphRecommender):
         self.l2_coef = s.real("l2_coef", 1e-4, 0.0)
         logger.info(s.summary())
 
-        self.graph = self.interaction_graph(self_loops=True)
+        self.interaction_graph = self.training_graph(self_loops=True)
         d = self.embedding_size
         # authors: one (N, d) table drawn from N(0, 1) / sqrt(d)
         self.user_embedding = nn.Parameter(torch.randn(self.n_users, d) / np.sqrt(d))

@@ -33,12 +33,14 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..graphs import cosine_knn
-from ..host import BaseRecommender, config_value, dataset_folder
+from ..host import config_value, dataset_folder
 from ..model import layers as L
-from .common import Settings, modal_features, parameter_versions, training_interactions
+from ..model.losses import bpr_loss
+from .base import BaselineRecommender
 from .item_knn import NORMALISATIONS, load_or_build_item_knn
+from .settings import Settings
 
-__all__ = ["MICRO", "row_normalised_interaction_graph", "contrast_all_items"]
+__all__ = ["MICRO", "contrast_all_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +50,6 @@ OFFICIAL_NAMES = {"embed_size": "embedding_size", "layers": "n_layers",
                   "loss_ratio": "cl_weight", "regs": "reg_weight", "lr": "learning_rate",
                   "norm_type": "knn_norm"}
 CF_MODELS = ("lightgcn", "mf")
-
-
-def row_normalised_interaction_graph(interactions: sp.spmatrix) -> sp.csr_matrix:
-    """``D^-1 (A + I)`` of the bipartite graph ``A = [[0, R], [R^T, 0]]`` (the authors' LightGCN
-    adjacency), ``(n_users + n_items)`` square, float32 CSR. Every row sums to 1."""
-    r = sp.csr_matrix(interactions, dtype=np.float32)
-    n_users, n_items = r.shape
-    adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
-    adj.resize((n_users + n_items, n_users + n_items))
-    adj = (adj + sp.identity(n_users + n_items, dtype=np.float32, format="csr")).tocsr()
-    degree = np.asarray(adj.sum(axis=1), dtype=np.float64).ravel()
-    out = (sp.diags(1.0 / degree) @ adj).tocsr().astype(np.float32)
-    out.sort_indices()
-    return out
 
 
 def contrast_all_items(z1: torch.Tensor, z2: torch.Tensor, tau: float, block: int = 512) -> torch.Tensor:
@@ -85,29 +73,29 @@ def contrast_all_items(z1: torch.Tensor, z2: torch.Tensor, tau: float, block: in
     return torch.cat(losses).mean()
 
 
-class MICRO(BaseRecommender):
+class MICRO(BaselineRecommender):
     """MICRO for MMRec: ``MICRO(config, dataloader)``; settings in configs/model/MICRO.yaml."""
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        s = Settings("MICRO", config, official_names=OFFICIAL_NAMES)
-        d = self.embedding_size = s.number("embedding_size", 64, int, 1)
+        s = Settings(config, "MICRO", official_names=OFFICIAL_NAMES)
+        d = self.embedding_size = s.integer("embedding_size", 64, 1)
         self.ui_layers = len(s.int_list("weight_size", [64, 64], allow_empty=True))
-        self.item_layers = s.number("n_layers", 1, int, 0)
-        self.knn_k = s.number("knn_k", 10, int, 1)
+        self.item_layers = s.integer("n_layers", 1, 0)
+        self.knn_k = s.integer("knn_k", 10, 1)
         self.knn_norm = s.choice("knn_norm", "sym", NORMALISATIONS)
-        self.lambda_coeff = s.number("lambda_coeff", 0.9, float, 0.0, 1.0)
-        self.cl_weight = s.number("cl_weight", 0.03, float, 0.0)
-        self.cl_temperature = s.number("cl_temperature", 0.5, float, 0.0, low_open=True)
-        self.cl_block = s.number("cl_block_size", 512, int, 1)
-        self.reg_weight = s.number("reg_weight", 1e-5, float, 0.0)
-        self.reg_batch_size = s.number("train_batch_size", 2048, int, 1)
+        self.lambda_coeff = s.real("lambda_coeff", 0.9, 0.0, 1.0)
+        self.cl_weight = s.real("cl_weight", 0.03, 0.0)
+        self.cl_temperature = s.real("cl_temperature", 0.5, 0.0, low_open=True)
+        self.cl_block = s.integer("cl_block_size", 512, 1)
+        self.reg_weight = s.real("reg_weight", 1e-5, 0.0)
+        self.reg_batch_size = s.integer("train_batch_size", 2048, 1)
         self.cf_model = s.choice("cf_model", "lightgcn", CF_MODELS)
         train_features = s.flag("train_features", True)
-        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        cache_dir = s.optional_path("micro_cache_dir")
+        device = self.torch_device
 
-        inter = training_interactions(dataloader, self.n_users, self.n_items)
-        names, feats = modal_features(self, config, "MICRO")
+        names, feats = self.modal_features(config)
         if self.knn_k >= self.n_items:
             raise ConfigError(f"MICRO config key 'knn_k' = {self.knn_k} but there are only {self.n_items} "
                               f"items; choose knn_k <= {self.n_items - 1}.")
@@ -116,11 +104,11 @@ class MICRO(BaseRecommender):
         inter_file = os.path.join(dataset_folder(config), str(config_value(config, "inter_file_name", "")))
         original, hit = load_or_build_item_knn(
             {n: f.detach().cpu().numpy() for n, f in zip(names, feats)}, self.knn_k, self.knn_norm,
-            s.optional_path("micro_cache_dir"), inter_file, progress=lambda m: logger.debug("MICRO graphs: %s", m))
+            cache_dir, inter_file, progress=lambda m: logger.debug("MICRO graphs: %s", m))
         logger.info("MICRO item kNN graphs (%s) %s in %.2f s", ", ".join(names),
                     "read from the cache" if hit else "built", time.perf_counter() - t0)
         self.original_graphs = [original[n] for n in names]  # scipy CSR, fixed
-        self.interaction_graph = L.SparseGraph(row_normalised_interaction_graph(inter), device)
+        self.interaction_graph = self.training_graph(self_loops=True, norm="rw")  # D^-1 (A + I), authors'
 
         self.user_embedding = nn.Embedding(self.n_users, d)
         self.item_embedding = nn.Embedding(self.n_items, d)
@@ -134,11 +122,7 @@ class MICRO(BaseRecommender):
 
         self._rebuild = True          # set by pre_epoch_processing: the next batch rebuilds L_m
         self._mixed: Optional[List[L.SparseGraph]] = None  # detached A_m of the current epoch
-        self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
-        logger.info("MICRO settings: d=%d, ui_layers=%d, item_layers=%d, knn_k=%d, knn_norm=%s, lambda=%g, "
-                    "cl_weight=%g, tau=%g, reg_weight=%g, cf_model=%s, train_features=%s", d, self.ui_layers,
-                    self.item_layers, self.knn_k, self.knn_norm, self.lambda_coeff, self.cl_weight,
-                    self.cl_temperature, self.reg_weight, self.cf_model, train_features)
+        logger.info(s.summary())
 
     # ------------------------------------------------------------------------------------------
     # item graphs (eq. 2-6)
@@ -223,11 +207,6 @@ class MICRO(BaseRecommender):
     def pre_epoch_processing(self):
         self._rebuild = True
 
-    def train(self, mode: bool = True):
-        if mode:
-            self._eval_cache = None
-        return super().train(mode)
-
     def calculate_loss(self, interaction):
         """-> (BPR, reg_weight * embedding L2 / batch, cl_weight * sum_m InfoNCE) for one batch of
         (users, positive items, negative items) (3, b)."""
@@ -236,28 +215,9 @@ class MICRO(BaseRecommender):
         rebuild, self._rebuild = self._rebuild, False
         user_rep, item_rep, views, fused = self._forward(rebuild, with_grad=rebuild)
         u, p, n = user_rep[users], item_rep[pos], item_rep[neg]
-        bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
+        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         reg = self.reg_weight * 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / self.reg_batch_size
         cl = bpr.new_zeros(())
         if self.cl_weight > 0:
             cl = self.cl_weight * sum(contrast_all_items(v, fused, self.cl_temperature, self.cl_block) for v in views)
         return bpr, reg, cl
-
-    def _representations(self):
-        version = parameter_versions(self)
-        if self.training or self._eval_cache is None or self._eval_cache[0] != version:
-            with torch.no_grad():
-                users, items = self.forward()
-            if self.training:
-                return users, items
-            self._eval_cache = (version, users, items)
-        return self._eval_cache[1], self._eval_cache[2]
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores of the batch users (``interaction[0]``, (b,)) against all items -> (b, n_items)."""
-        users, items = self._representations()
-        return users[interaction[0]] @ items.t()
-
-    def predict(self, interaction) -> torch.Tensor:
-        users, items = self._representations()
-        return (users[interaction[0]] * items[interaction[1]]).sum(-1)

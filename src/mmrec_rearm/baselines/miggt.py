@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import DatasetError
-from .base import GraphRecommender, Settings
+from .base import BaselineRecommender
+from .settings import Settings
 from .markov_diffusion import info_bpr_loss, markov_diffusion, with_uniform_negatives
 
 __all__ = ["MIGGT", "PRESETS", "feature_encoder", "random_projection"]
@@ -90,7 +90,7 @@ def random_projection(features: torch.Tensor, width: int) -> torch.Tensor:
     return projected / (projected.norm(dim=-1, keepdim=True) + 1e-8)
 
 
-class MIGGT(GraphRecommender):
+class MIGGT(BaselineRecommender):
     """MIG-GT for MMRec; settings: configs/model/MIGGT.yaml."""
 
     def __init__(self, config: Any, dataloader: Any):
@@ -115,9 +115,7 @@ class MIGGT(GraphRecommender):
         logger.info(s.summary())
         self._check_learning_rate(s)
 
-        if self.v_feat is None and self.t_feat is None:
-            raise DatasetError("MIGGT needs item features: neither MMRec's vision_feature_file nor its "
-                               "text_feature_file was found in the dataset folder.")
+        self.modal_features(config)  # checks shapes; no features at all is a DatasetError
         text = self.t_feat.float() if self.t_feat is not None else None
         image = self.v_feat.float() if self.v_feat is not None else None
         if image is not None and text is not None and use_rp:
@@ -129,7 +127,7 @@ class MIGGT(GraphRecommender):
         self.image_encoder = (feature_encoder(image.shape[1], hidden, d, feat_drop_rate)
                               if image is not None and self.k_v >= 0 else None)
 
-        self.graph = self.interaction_graph(self_loops=True)
+        self.interaction_graph = self.training_graph(self_loops=True)
         self.user_embedding = nn.Parameter(torch.randn(self.n_users, d) / np.sqrt(d))
         self.item_embedding = (nn.Parameter(torch.randn(self.n_items, d) / np.sqrt(d))
                                if use_item_emb else None)

@@ -5,7 +5,7 @@ datasets. Shown beside our own numbers; they are never used for any selection.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 PAPER_COLUMNS = ("R@10", "R@20", "N@10", "N@20")
 
@@ -94,6 +94,18 @@ def paper_row(dataset: str, model: str) -> Optional[Tuple[float, float, float, f
         return None
     lookup = {name.lower(): values for name, values in table.items()}
     return lookup.get(paper_name(model).lower())
+
+
+#: Table 2's rows, top to bottom (the same on every dataset): the 18 baselines, then REARM.
+PAPER_ROWS: Tuple[str, ...] = tuple(TABLE2["baby"])
+
+
+def paper_order(models: Sequence[str]) -> List[str]:
+    """``models`` (MMRec or paper names) in Table 2's row order; models the paper does not list
+    follow in the order given."""
+    rank = {name.lower(): index for index, name in enumerate(PAPER_ROWS)}
+    listed = sorted((m for m in models if paper_name(m).lower() in rank), key=lambda m: rank[paper_name(m).lower()])
+    return listed + [m for m in models if paper_name(m).lower() not in rank]
 
 
 def has_paper_numbers(dataset: str) -> bool:

@@ -142,7 +142,8 @@ def lightgcn(graph: SparseGraph, x: torch.Tensor, n_layers: int) -> torch.Tensor
     return total / (n_layers + 1)
 
 
-def normalized_interaction_graph(interactions: sp.spmatrix, self_loops: bool = False) -> sp.csr_matrix:
+def normalized_interaction_graph(interactions: sp.spmatrix, self_loops: bool = False,
+                                 norm: str = "sym") -> sp.csr_matrix:
     """The symmetric bipartite graph of eq. (10): ``D^-1/2 [[0, R], [R^T, 0]] D^-1/2``.
 
     ``interactions``: (n_users, n_items), any non-zero counts as one edge (duplicates merged).
@@ -150,9 +151,13 @@ def normalized_interaction_graph(interactions: sp.spmatrix, self_loops: bool = F
     ``1 / sqrt(|N_u| |N_i|)`` (the paper's lambda_n). A node without edges keeps an empty row
     (the official code adds 1e-7 to the degree for the same effect).
 
-    ``self_loops=True`` normalises ``A + I`` instead (GCN's renormalisation, used by MGDCF): the
-    degrees count the self-loop, every node keeps a diagonal entry ``1 / (|N_v| + 1)``.
+    ``self_loops=True`` normalises ``A + I`` instead (GCN's renormalisation, used by MGDCF and
+    DiffMM): the degrees count the self-loop, every node keeps a diagonal entry ``1 / (|N_v| + 1)``.
+    ``norm='rw'`` gives the row-normalised ``D^-1 A`` (MICRO's LightGCN adjacency, with
+    ``self_loops``): every row with an edge sums to 1.
     """
+    if norm not in ("sym", "rw"):
+        raise ValueError(f"normalisation {norm!r}: use 'sym' (D^-1/2 A D^-1/2) or 'rw' (D^-1 A)")
     r = sp.csr_matrix(interactions, dtype=np.float32)
     r.sum_duplicates()
     r.data[:] = 1.0
@@ -162,12 +167,12 @@ def normalized_interaction_graph(interactions: sp.spmatrix, self_loops: bool = F
     adj.resize((n_users + n_items, n_users + n_items))
     if self_loops:
         adj = (adj + sp.identity(n_users + n_items, dtype=np.float32, format="csr")).tocsr()
-    degree = np.asarray(adj.sum(axis=1)).ravel()
-    inv_sqrt = np.zeros_like(degree)
+    degree = np.asarray(adj.sum(axis=1), dtype=np.float64).ravel()
+    inverse = np.zeros_like(degree)
     nonzero = degree > 0
-    inv_sqrt[nonzero] = degree[nonzero] ** -0.5
-    scale = sp.diags(inv_sqrt.astype(np.float32))
-    out = (scale @ adj @ scale).tocsr().astype(np.float32)
+    inverse[nonzero] = degree[nonzero] ** (-0.5 if norm == "sym" else -1.0)
+    scale = sp.diags(inverse)  # float64 products, one rounding to float32 at the end
+    out = ((scale @ adj @ scale) if norm == "sym" else (scale @ adj)).tocsr().astype(np.float32)
     out.sort_indices()
     return out
 

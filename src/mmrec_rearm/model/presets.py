@@ -27,7 +27,7 @@ from ..errors import ConfigError
 
 __all__ = ["PRESETS", "PRESET_KEYS", "FALLBACK_PRESET", "ResolvedSettings", "resolve",
            "read_dataset_yaml", "describe", "RearmSettings", "read_settings", "ABLATIONS",
-           "OFFICIAL_FLAGS"]
+           "OFFICIAL_FLAGS", "refuse_flag_names", "check_scalar", "check_number", "check_flag", "check_choice"]
 
 #: key -> (baby, sports, clothing); the official flag is named in the comment.
 _TABLE: Dict[str, Tuple[Any, Any, Any]] = {
@@ -240,7 +240,23 @@ class RearmSettings:
                 f"graph={self.graph}")
 
 
-def _scalar(key: str, value: Any, model: str = "REARM") -> Any:
+# The validators below are shared with the baselines (mmrec_rearm.baselines.settings); ``model``
+# names the YAML in their messages.
+
+
+def refuse_flag_names(get: Callable[[str], Any], flags: Mapping[str, str], model: str = "REARM",
+                      whose: str = "the official code's") -> None:
+    """Raise a ConfigError if a key of ``flags`` (another code's flag name -> our key) is set, so
+    that a value given under that name is never silently ignored."""
+    for flag, ours in flags.items():
+        if flag != ours and get(flag) is not None:
+            raise ConfigError(
+                f"{model} config key '{flag}' is {whose} flag name; this model reads "
+                f"'{ours}' instead. Rename the key (value {get(flag)!r}).")
+
+
+def check_scalar(key: str, value: Any, model: str = "REARM") -> Any:
+    """``value`` itself; a list (an MMRec grid given as one value) is a ConfigError."""
     if isinstance(value, (list, tuple)):
         raise ConfigError(
             f"{model} config key '{key}' has the list value {list(value)}; a model gets one value per "
@@ -249,9 +265,10 @@ def _scalar(key: str, value: Any, model: str = "REARM") -> Any:
     return value
 
 
-def _number(key: str, value: Any, kind: type, low: float, high: float = float("inf"),
-            low_open: bool = False, model: str = "REARM") -> Any:
-    value = _scalar(key, value, model)
+def check_number(key: str, value: Any, kind: type, low: float, high: float = float("inf"),
+                 low_open: bool = False, model: str = "REARM") -> Any:
+    """``value`` as ``kind`` (int or float) within ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    value = check_scalar(key, value, model)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{model} config key '{key}' must be a number, got {value!r}.")
     if kind is int:
@@ -267,8 +284,9 @@ def _number(key: str, value: Any, kind: type, low: float, high: float = float("i
     return value
 
 
-def _flag(key: str, value: Any, model: str = "REARM") -> bool:
-    value = _scalar(key, value, model)
+def check_flag(key: str, value: Any, model: str = "REARM") -> bool:
+    """A bool (or the strings true / false)."""
+    value = check_scalar(key, value, model)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -276,8 +294,9 @@ def _flag(key: str, value: Any, model: str = "REARM") -> bool:
     raise ConfigError(f"{model} config key '{key}' must be true or false, got {value!r}.")
 
 
-def _choice(key: str, value: Any, choices: Sequence[str], model: str = "REARM") -> str:
-    value = _scalar(key, value, model)
+def check_choice(key: str, value: Any, choices: Sequence[str], model: str = "REARM") -> str:
+    """One of ``choices`` (case-insensitive), lower-cased."""
+    value = check_scalar(key, value, model)
     if not isinstance(value, str) or value.lower() not in choices:
         raise ConfigError(f"{model} config key '{key}' must be one of {', '.join(choices)}; got {value!r}.")
     return value.lower()
@@ -304,20 +323,16 @@ def read_settings(config: Any, get: Callable[[str, Any], Any],
     ``get(key, default)`` reads one key (None = absent). Raises ConfigError naming the key, the
     value and the fix.
     """
-    for flag, ours in OFFICIAL_FLAGS.items():
-        if get(flag, None) is not None:
-            raise ConfigError(
-                f"REARM config key '{flag}' is the official code's flag name; this model reads "
-                f"'{ours}' instead. Rename the key (value {get(flag, None)!r}).")
+    refuse_flag_names(lambda key: get(key, None), OFFICIAL_FLAGS, "REARM", "the official code's")
     dataset = str(get("dataset", "") or "")
     resolved = resolve(lambda key: get(key, None), dataset, dataset_yaml)
     v = resolved.values
-    ablation = _choice("ablation", get("ablation", "none"), ABLATIONS)
+    ablation = check_choice("ablation", get("ablation", "none"), ABLATIONS)
     graph: Dict[str, Any] = {}
     for key, field_name in GRAPH_KEYS.items():
         value = v[key] if key in v else get(key, None)
         if value is not None:
-            graph[field_name] = value if key.endswith("modal_weights") else _scalar(key, value)
+            graph[field_name] = value if key.endswith("modal_weights") else check_scalar(key, value)
     for key in ("u_modal_weights", "i_modal_weights"):
         if key in graph:
             graph[key] = tuple(float(x) for x in graph[key])
@@ -339,30 +354,30 @@ def read_settings(config: Any, get: Callable[[str, Any], Any],
     return RearmSettings(
         dataset=dataset,
         preset=resolved,
-        embedding_size=_number("embedding_size", get("embedding_size", 64), int, 1),
-        n_layers=_number("n_layers", v["n_layers"], int, 0),
-        n_uu_layers=_number("n_uu_layers", v["n_uu_layers"], int, 0),
-        n_ii_layers=_number("n_ii_layers", v["n_ii_layers"], int, 0),
-        rank=_number("rank", v["rank"], int, 1),
-        self_attn_dropout=_number("self_attn_dropout", v["self_attn_dropout"], float, 0.0, 1.0),
-        cross_attn_dropout=_number("cross_attn_dropout", v["cross_attn_dropout"], float, 0.0, 1.0),
-        cl_temperature=_number("cl_temperature", v["cl_temperature"], float, 0.0, low_open=True),
-        cl_loss_weight=_number("cl_loss_weight", v["cl_loss_weight"], float, 0.0),
-        ort_loss_weight=_number("ort_loss_weight", v["ort_loss_weight"], float, 0.0),
-        reg_weight=_number("reg_weight", v["reg_weight"], float, 0.0),
-        attention=_choice("attention", get("attention", "scalar"), ATTENTION_FORMS),
-        train_raw_features=_flag("train_raw_features", get("train_raw_features", True)),
-        meta_input_grad=_flag("meta_input_grad", get("meta_input_grad", False)),
-        weight_decay_mode=_choice("weight_decay_mode", get("weight_decay_mode", "decoupled"),
+        embedding_size=check_number("embedding_size", get("embedding_size", 64), int, 1),
+        n_layers=check_number("n_layers", v["n_layers"], int, 0),
+        n_uu_layers=check_number("n_uu_layers", v["n_uu_layers"], int, 0),
+        n_ii_layers=check_number("n_ii_layers", v["n_ii_layers"], int, 0),
+        rank=check_number("rank", v["rank"], int, 1),
+        self_attn_dropout=check_number("self_attn_dropout", v["self_attn_dropout"], float, 0.0, 1.0),
+        cross_attn_dropout=check_number("cross_attn_dropout", v["cross_attn_dropout"], float, 0.0, 1.0),
+        cl_temperature=check_number("cl_temperature", v["cl_temperature"], float, 0.0, low_open=True),
+        cl_loss_weight=check_number("cl_loss_weight", v["cl_loss_weight"], float, 0.0),
+        ort_loss_weight=check_number("ort_loss_weight", v["ort_loss_weight"], float, 0.0),
+        reg_weight=check_number("reg_weight", v["reg_weight"], float, 0.0),
+        attention=check_choice("attention", get("attention", "scalar"), ATTENTION_FORMS),
+        train_raw_features=check_flag("train_raw_features", get("train_raw_features", True)),
+        meta_input_grad=check_flag("meta_input_grad", get("meta_input_grad", False)),
+        weight_decay_mode=check_choice("weight_decay_mode", get("weight_decay_mode", "decoupled"),
                                   WEIGHT_DECAY_MODES),
         ablation=ablation,
         modalities=_modalities(get("modalities", "all")),
         extra_feature_files=tuple(extra),
-        learning_rate=_number("learning_rate", get("learning_rate", 5e-5), float, 0.0),
+        learning_rate=check_number("learning_rate", get("learning_rate", 5e-5), float, 0.0),
         lr_scheduler=(float(scheduler[0]), float(scheduler[1])),
-        host_weight_decay=_number("weight_decay", get("weight_decay", 0.0), float, 0.0),
+        host_weight_decay=check_number("weight_decay", get("weight_decay", 0.0), float, 0.0),
         cache_dir=cache_dir,
         graph=graph,
-        malloc_mmap_threshold_mb=_number("malloc_mmap_threshold_mb", get("malloc_mmap_threshold_mb", 4),
+        malloc_mmap_threshold_mb=check_number("malloc_mmap_threshold_mb", get("malloc_mmap_threshold_mb", 4),
                                          float, 0.0, 32.0),
     )

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DatasetError
-from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder
+from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder, item_features
 from . import layers as L
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
 from .presets import RearmSettings, describe, read_settings
@@ -283,12 +283,8 @@ class REARM(CachedScoring, BaseRecommender):
     def _modal_features(self, config: Any, s: RearmSettings) -> Tuple[List[str], List[torch.Tensor]]:
         """Available modalities in slot order (vision slot, text slot, extra files), then the
         ``modalities`` selection -> names and (n_items, d_m) float tensors."""
-        available: List[Tuple[str, torch.Tensor]] = []
-        for slot, key, fallback in ((self.v_feat, "vision_feature_file", "v_feat"),
-                                    (self.t_feat, "text_feature_file", "t_feat")):
-            if slot is not None:
-                available.append((Path(str(config_value(config, key, fallback))).stem, slot))
         folder = dataset_folder(config)
+        extra: List[Tuple[str, torch.Tensor]] = []
         for name in s.extra_feature_files:
             path = name if os.path.isabs(name) else os.path.join(folder, name)
             if not os.path.isfile(path):
@@ -298,15 +294,9 @@ class REARM(CachedScoring, BaseRecommender):
                 arr = np.load(path, allow_pickle=False)
             except ValueError as exc:
                 raise DatasetError(f"{path}: cannot be read as a plain .npy array ({exc}).") from exc
-            available.append((Path(path).stem, torch.from_numpy(np.asarray(arr, dtype=np.float32))))
-        if not available:
-            raise DatasetError(
-                f"no item features in {folder}: neither vision_feature_file="
-                f"{config_value(config, 'vision_feature_file')!r} nor text_feature_file="
-                f"{config_value(config, 'text_feature_file')!r} exists there; REARM needs at least one.")
+            extra.append((Path(path).stem, torch.from_numpy(np.asarray(arr, dtype=np.float32))))
+        available = item_features(self, config, "REARM", extra, separator="#")
         names = [n for n, _ in available]
-        if len(set(names)) != len(names):  # the fingerprint and logs need distinct names
-            names = [f"{n}#{i}" for i, n in enumerate(names)]
         pick = {"all": list(range(len(available))), "first": [0], "second": [1]}.get(s.modalities, s.modalities)
         bad = [i for i in pick if i >= len(available)]
         if bad:
