@@ -21,15 +21,12 @@ The spec (JSON): ``model``, ``dataset``, ``config_dict`` (passed to quick_start 
 optionally ``checkpoint_path`` (see below).
 Progress lines on stdout start with ``@@mmrec-rearm `` followed by one JSON object.
 
-Host fix on CPU (DRAGON, DualGNN; :data:`CPU_PARAMETER_FIXES`): these models create
-``result_embed`` as ``nn.Parameter(...).to(device)``. On a GPU ``.to()`` returns a plain tensor
-copy, which ``forward()`` later replaces; on the CPU it returns the Parameter itself, which stays
-registered, and the first ``forward()`` fails ("cannot assign 'torch.FloatTensor' as parameter
-'result_embed'"). When the model is built, this process turns that registered Parameter back into
-the plain tensor a GPU run has (same values; no longer in ``parameters()``, so the optimiser sees
-what it sees on a GPU). Only quick_start's own reference to ``get_model`` is wrapped, in memory;
-no file changes. The record lists what was applied under ``host_fixes``. Set
-``MMREC_REARM_HOST_FIXES=0`` to run the models exactly as MMRec ships them.
+Host fixes (:mod:`.host_fixes`): on a CPU-only host, DRAGON and DualGNN keep a CPU-registered
+Parameter that breaks their first ``forward()``, LATTICE, GRCN and MGCN call ``.cuda()``
+unconditionally, and SLMRec and MGCN import torch_scatter, which has no wheel for every torch.
+This process fixes each in memory only (no file of the checkout changes) and the record lists what
+was applied under ``host_fixes``. Set ``MMREC_REARM_HOST_FIXES=0`` to run the models exactly as
+MMRec ships them.
 
 Checkpoints (MMRec ignores ``saved``): for the models in :data:`CHECKPOINT_MODELS` the recording
 trainer also writes the best-on-validation weights, each time MMRec's early stopping records a new
@@ -52,6 +49,12 @@ import sys
 import time
 import traceback
 
+try:
+    from . import host_fixes
+except ImportError:  # run by path (see above): the module lies beside this file, first on sys.path
+    import host_fixes  # type: ignore[no-redef]
+unregister_cpu_parameters = host_fixes.unregister_cpu_parameters  # importable from here as before
+
 PROGRESS_PREFIX = "@@mmrec-rearm "
 
 #: Models whose best-on-validation weights are saved by default (MMRec model names).
@@ -62,10 +65,6 @@ CHECKPOINT_VERSION = 1
 #: Set to 0 / false / no to save no checkpoint at all (the spec cannot carry it from compare).
 CHECKPOINT_ENV = "MMREC_REARM_CHECKPOINTS"
 _RESULT_SUFFIX = ".result.json"
-#: MMRec model -> attributes that it registers as Parameters only on the CPU (see the module doc).
-CPU_PARAMETER_FIXES = {"DRAGON": ("result_embed",), "DualGNN": ("result_embed",)}
-#: Set to 0 / false / no / off to run those models without the CPU fix.
-HOST_FIXES_ENV = "MMREC_REARM_HOST_FIXES"
 
 _EVAL_LINE = re.compile(r"epoch (\d+) evaluating \[time: ([0-9.]+)s, valid_score: ([-+0-9.eEnaif]+)\]")
 _TRAIN_LINE = re.compile(r"training \[time: ([0-9.]+)s")
@@ -177,28 +176,6 @@ def parse_final_lines(text: str):
     return None, None
 
 
-def _env_off(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
-
-
-def unregister_cpu_parameters(model, names) -> list:
-    """Replace each Parameter ``names`` that ``model`` (or a submodule) registered on the CPU by a
-    plain tensor with the same values and ``requires_grad``, as ``Parameter.to(cuda)`` gives on a
-    GPU. -> descriptions of what was changed (empty when nothing was)."""
-    changed = []
-    for prefix, module in model.named_modules():
-        for name in names:
-            param = getattr(module, "_parameters", {}).get(name)
-            if param is None or getattr(param.device, "type", None) != "cpu":
-                continue
-            del module._parameters[name]
-            setattr(module, name, param.detach().clone().requires_grad_(param.requires_grad))
-            where = f"{prefix}.{name}" if prefix else name
-            changed.append(f"{type(model).__name__}.{where}: CPU-registered Parameter {tuple(param.shape)} "
-                           "made a plain tensor, as .to(device) gives on a GPU")
-    return changed
-
-
 # ------------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -210,7 +187,7 @@ def checkpoint_target(spec: dict):
     :data:`CHECKPOINT_MODELS` whose ``result_path`` is ``<root>/logs/<model>-seed<s>-<key>.result.json``
     (the layout of :func:`mmrec_rearm.experiments.launch.launch`), ``<root>/checkpoints/<key>.pt``.
     """
-    if _env_off(CHECKPOINT_ENV):
+    if host_fixes.env_off(CHECKPOINT_ENV):
         return None, None
     result_path = str(spec.get("result_path") or "")
     name = os.path.basename(result_path)
@@ -376,9 +353,10 @@ def run(spec: dict) -> dict:
         original_get_trainer = getattr(quick_start_module, "get_trainer", None)
         if original_get_trainer is not None:
             quick_start_module.get_trainer = lambda: RecordingTrainer
+        captured.setdefault("host_fixes", []).extend(host_fixes.apply_import_fixes(model))
         original_get_model = getattr(quick_start_module, "get_model", None)
-        fix_names = CPU_PARAMETER_FIXES.get(model, ())
-        if fix_names and original_get_model is not None and not _env_off(HOST_FIXES_ENV):
+        fix_names = host_fixes.CPU_PARAMETER_FIXES.get(model, ())
+        if fix_names and original_get_model is not None and not host_fixes.env_off(host_fixes.HOST_FIXES_ENV):
             def get_model_with_cpu_fix(name):
                 model_class = original_get_model(name)
 
