@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -140,3 +141,92 @@ def mmrec_clone(tmp_path) -> Path:
     clone = tmp_path / "MMRec"
     subprocess.run(["git", "clone", "-q", str(source), str(clone)], check=True)
     return clone
+
+
+# --- a minimal fake MMRec tree for the installer (tests/test_install*.py) ------------------------
+
+FAKE_FILES = {
+    "src/main.py": "print('fake MMRec')\n",
+    "src/models/lightgcn.py": "class LightGCN: pass\n",
+    "src/common/abstract_recommender.py": "class GeneralRecommender: pass\n",
+    "src/configs/overall.yaml": "data_path: '../data/'\n",
+    "src/configs/model/LightGCN.yaml": "n_layers: [1, 2]\n",
+    "src/configs/dataset/baby.yaml": "inter_file_name: 'baby.inter'\n",
+    "data/README.md": "put datasets here\n",
+    ".gitignore": "__pycache__/\n*.log\n",
+}
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def porcelain(root: Path) -> str:
+    return git(root, "status", "--porcelain", "--untracked-files=all")
+
+
+def all_files(root: Path) -> set:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
+
+
+@pytest.fixture
+def fake_mmrec(tmp_path) -> Path:
+    root = tmp_path / "MMRec"
+    for rel, text in FAKE_FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "fake MMRec")
+    return root
+
+
+@pytest.fixture
+def real_mmrec(mmrec_clone) -> Path:
+    """Temporary clone of the real checkout (located by locate_mmrec_checkout)."""
+    return mmrec_clone
+
+
+# --- folders that cannot be written (tests/test_output_safety.py, tests/test_cache_faults.py) ----
+
+def mount(folder: Path, *options: str) -> bool:
+    """``mount OPTIONS FOLDER`` as root on Linux -> whether it worked (False elsewhere)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", *options, str(folder)], capture_output=True).returncode == 0
+
+
+class ReadOnly:
+    """Makes existing folders read-only, the way that works for this user; undone at the end."""
+
+    def __init__(self):
+        self.undo = []
+
+    def __call__(self, folder: Path) -> Path:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            self.undo.append(lambda: folder.chmod(0o755))
+        elif mount(folder, "--bind", str(folder)):
+            self.undo.append(lambda: subprocess.run(["umount", str(folder)], check=True))
+            if not mount(folder, "-o", "remount,bind,ro"):
+                pytest.skip("READ-ONLY FOLDER TEST SKIPPED: as root, a read-only bind mount failed")
+        else:
+            pytest.skip("READ-ONLY FOLDER TEST SKIPPED: running as root, where file permissions do not apply, and "
+                        "a read-only bind mount failed; run the tests as a normal user to enable it")
+        return folder
+
+
+@pytest.fixture
+def make_read_only():
+    maker = ReadOnly()
+    yield maker
+    for undo in reversed(maker.undo):
+        undo()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path, make_read_only):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    return make_read_only(folder)

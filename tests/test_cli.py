@@ -188,7 +188,7 @@ def test_export_into_a_file_path_exits_2(toy, tmp_path, capsys):
     blocker = tmp_path / "taken"
     blocker.write_text("x")
     code, out, err = run(capsys, "graphs", toy, *K1, "--export", blocker / "sub")
-    assert code == 2 and err.startswith(f"error: {blocker / 'sub'}: cannot create the export folder")
+    assert code == 2 and err.startswith(f"error: {blocker / 'sub'}: cannot write the exported graphs there")
     assert out == "" and not (toy / ".rearm_cache").exists()  # refused before reading or building
 
 
@@ -241,16 +241,19 @@ def test_cache_ls_and_clear(toy, capsys):
 def test_installer_commands_dispatch(monkeypatch, capsys, tmp_path):
     calls = []
     fake = types.ModuleType("mmrec_rearm.install")
-    fake.install = lambda d: calls.append(("install", d))
-    fake.uninstall = lambda d: calls.append(("uninstall", d))
-    fake.quickstart = lambda d, **kw: calls.append(("quickstart", d, kw))
+    fake.install = lambda d, **kw: calls.append(("install", d, kw))
+    fake.uninstall = lambda d, **kw: calls.append(("uninstall", d, kw))
+    fake_qs = types.ModuleType("mmrec_rearm.quickstart")
+    fake_qs.quickstart = lambda d, **kw: calls.append(("quickstart", d, kw))
     monkeypatch.setitem(sys.modules, "mmrec_rearm.install", fake)
+    monkeypatch.setitem(sys.modules, "mmrec_rearm.quickstart", fake_qs)
     monkeypatch.setattr(mmrec_rearm, "install", fake, raising=False)
+    monkeypatch.setattr(mmrec_rearm, "quickstart", fake_qs, raising=False)
     assert cli.main(["install", "/x/MMRec"]) == 0
-    assert cli.main(["uninstall", "/x/MMRec"]) == 0
+    assert cli.main(["uninstall", "/x/MMRec", "--force"]) == 0
     assert cli.main(["quickstart", "--mmrec", "/x/MMRec", "--epochs", "2"]) == 0
     assert cli.main(["quickstart", "--mmrec", "/x/MMRec"]) == 0
-    assert calls == [("install", "/x/MMRec"), ("uninstall", "/x/MMRec"),
+    assert calls == [("install", "/x/MMRec", {}), ("uninstall", "/x/MMRec", {"force": True}),
                      ("quickstart", "/x/MMRec", {"epochs": 2}), ("quickstart", "/x/MMRec", {})]
 
 

@@ -340,7 +340,7 @@ def tiny(tmp_path_factory):
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(tiny):
     payload = load_checkpoint(tiny.after)
-    assert payload["format"] == "mmrec-rearm-checkpoint" and payload["version"] == 1
+    assert payload["format"] == "mmrec-rearm-checkpoint" and payload["version"] == 2
     assert (payload["n_users"], payload["n_items"]) == (tiny.splits.n_users, tiny.splits.n_items) == (40, 28)
     assert payload["config"]["n_uu_layers"] == 1          # resolved preset value written into the config
     assert payload["config"]["device"] == "cpu"
@@ -370,7 +370,7 @@ def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not an mmrec-rearm checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a checkpoint mmrec-rearm can read"):
         load_checkpoint(tmp_path / "junk.pt")
 
 
@@ -452,8 +452,9 @@ def test_heatmap_finds_the_full_and_wo_ref_checkpoints_in_the_store(tiny, tmp_pa
     for seed, ablation, path in ((1000, None, tiny.after), (999, "wo_ref", tiny.before), (999, None, tiny.after),
                                  (1000, "wo_meta", tiny.before)):
         config = {"n_layers": 2} if ablation is None else {"n_layers": 2, "ablation": ablation}
-        store.append({"key": f"{seed}{ablation}", "status": "ok", "model": "REARM", "seed": seed, "epochs": 5,
-                      "config": config, "checkpoint": str(path)})
+        store.append({"schema": 1, "key": f"{seed}{ablation}", "status": "ok", "dataset": "demo", "model": "REARM",
+                      "config_id": f"{ablation}", "seed": seed, "epochs": 5, "config": config,
+                      "valid": {"recall@20": 0.1}, "test": {"recall@20": 0.1}, "checkpoint": str(path)})
     assert find_checkpoint_pair(tmp_path, "demo") == (tiny.after, tiny.before)
     with pytest.raises(CheckpointError, match="no two REARM runs with checkpoints that differ only in ablation"):
         find_checkpoint_pair(tmp_path, "demo", seed=1000)
@@ -495,6 +496,7 @@ def test_real_mmrec_rearm_checkpoint_reproduces_mmrecs_test_metric(tmp_path):
     # REARM's loss is a tuple, whose MMRec log line carries no time: the runner times the epoch itself
     assert [entry["epoch"] for entry in record["history"]] == [0, 1]
     assert all(entry["train_s"] is not None and entry["train_s"] > 0 for entry in record["history"])
-    loaded = rebuild_model(record["checkpoint"])
+    loaded = rebuild_model(record["checkpoint"])       # refuses unless MMRec's data has the same fingerprint
+    assert len(loaded.checkpoint["data_fingerprint"]) == 64
     assert loaded.checkpoint["test"] == record["test"] and loaded.checkpoint["epoch"] == record["best_epoch"]
     assert _test_recall_at_20(loaded) == record["test"]["recall@20"]

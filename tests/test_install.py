@@ -15,52 +15,10 @@ from pathlib import Path
 import pytest
 
 from mmrec_rearm import install as inst
+from mmrec_rearm import quickstart as qs
 from mmrec_rearm.errors import InstallError
 
-from conftest import mmrec_runtime_problem
-
-FAKE_FILES = {
-    "src/main.py": "print('fake MMRec')\n",
-    "src/models/lightgcn.py": "class LightGCN: pass\n",
-    "src/common/abstract_recommender.py": "class GeneralRecommender: pass\n",
-    "src/configs/overall.yaml": "data_path: '../data/'\n",
-    "src/configs/model/LightGCN.yaml": "n_layers: [1, 2]\n",
-    "src/configs/dataset/baby.yaml": "inter_file_name: 'baby.inter'\n",
-    "data/README.md": "put datasets here\n",
-    ".gitignore": "__pycache__/\n*.log\n",
-}
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
-                          text=True).stdout
-
-
-def porcelain(root: Path) -> str:
-    return git(root, "status", "--porcelain", "--untracked-files=all")
-
-
-def all_files(root: Path) -> set:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
-
-
-@pytest.fixture
-def fake_mmrec(tmp_path) -> Path:
-    root = tmp_path / "MMRec"
-    for rel, text in FAKE_FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    git(root, "init", "-q")
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "fake MMRec")
-    return root
-
-
-@pytest.fixture
-def real_mmrec(mmrec_clone) -> Path:
-    """Temporary clone of the real checkout (located by conftest.locate_mmrec_checkout)."""
-    return mmrec_clone
-
+from conftest import all_files, mmrec_runtime_problem, porcelain
 
 def expected_contents() -> dict:
     """Relative path -> exact content install must write, derived from the package's configs."""
@@ -87,7 +45,7 @@ def test_install_writes_exactly_the_shim_and_our_yaml_files(fake_mmrec):
     paths = inst.install(fake_mmrec, report=lines.append)
     expected = expected_contents()
     assert "src/configs/model/REARM.yaml" in expected
-    assert all_files(fake_mmrec) - before == set(expected)
+    assert all_files(fake_mmrec) - before == set(expected) | {inst.LEDGER_NAME}
     assert sorted(p.relative_to(fake_mmrec).as_posix() for p in paths) == sorted(expected)
     for rel, text in expected.items():
         assert (fake_mmrec / rel).read_text() == text
@@ -108,11 +66,11 @@ def test_install_is_idempotent_and_reports_unchanged(fake_mmrec):
 
 def test_install_replaces_an_outdated_file_of_ours(fake_mmrec):
     shim = fake_mmrec / "src/models/rearm.py"
-    shim.write_text(inst.MARKER + "\nold content\n")
+    inst.place_files(fake_mmrec, {shim: inst.MARKER + "\nold content\n"}, report=None)  # an older version's install
     lines = []
     inst.install(fake_mmrec, report=lines.append)
     assert shim.read_text() == expected_contents()["src/models/rearm.py"]
-    assert f"wrote     {shim}" in lines
+    assert f"updated   {shim}" in lines
 
 
 def test_install_accepts_the_src_folder(fake_mmrec):
@@ -178,24 +136,22 @@ def test_uninstall_restores_git_status(fake_mmrec):
     assert len(lines) == len(removed)
 
 
-def test_uninstall_keeps_files_without_the_marker(fake_mmrec):
+def test_uninstall_keeps_files_not_in_the_ledger(fake_mmrec):
     foreign = fake_mmrec / "src/configs/model/REARM.yaml"
-    foreign.write_text("embedding_size: 64\n")
+    foreign.write_text(inst.MARKER + "\nembedding_size: 64\n")     # even with our first line
     lines = []
     assert inst.uninstall(fake_mmrec, report=lines.append) == []
-    assert foreign.read_text() == "embedding_size: 64\n"
-    assert lines == [f"nothing of mmrec-rearm found in {fake_mmrec.resolve()}"]
+    assert foreign.read_text() == inst.MARKER + "\nembedding_size: 64\n"
+    assert lines[0].startswith(f"nothing of mmrec-rearm recorded in {fake_mmrec.resolve()} (no {inst.LEDGER_NAME})")
 
 
-def test_uninstall_removes_only_marked_dataset_folders(fake_mmrec):
+def test_uninstall_removes_only_recorded_dataset_folders(fake_mmrec):
     ours = fake_mmrec / "data/demo"
-    ours.mkdir()
-    (ours / inst.DATA_MARKER_FILE).write_text(inst.MARKER + "\n")
-    (ours / "demo.inter").write_text("x\n")
+    inst.place_files(fake_mmrec, {ours / "demo.inter": "x\n"}, folders=[ours], report=None)
     theirs = fake_mmrec / "data/baby"
     theirs.mkdir()
     (theirs / "baby.inter").write_text("x\n")
-    assert inst.uninstall(fake_mmrec, report=None) == [ours.resolve()]
+    assert inst.uninstall(fake_mmrec, report=None) == [ours]
     assert not ours.exists() and (theirs / "baby.inter").is_file()
 
 
@@ -213,7 +169,7 @@ FINAL_BLOCK = (
 
 def test_parse_final_metrics_reads_the_last_best_block():
     earlier = FINAL_BLOCK.replace("0.1692", "0.9999")
-    valid, test, params = inst.parse_final_metrics("noise\n" + earlier + "more\n" + FINAL_BLOCK)
+    valid, test, params = qs.parse_final_metrics("noise\n" + earlier + "more\n" + FINAL_BLOCK)
     assert valid == {"recall@10": 0.1075, "recall@20": 0.1692, "ndcg@20": 0.0865}
     assert test == {"recall@10": 0.0767, "recall@20": 0.1767, "ndcg@20": 0.0726}
     assert params == "['seed', 'n_layers']=(999, 2)"
@@ -221,18 +177,18 @@ def test_parse_final_metrics_reads_the_last_best_block():
 
 def test_parse_final_metrics_without_best_block():
     with pytest.raises(InstallError, match="no final 'BEST' block"):
-        inst.parse_final_metrics("epoch 0 training [time: 0.1s, train loss: 1.0]\n")
+        qs.parse_final_metrics("epoch 0 training [time: 0.1s, train loss: 1.0]\n")
 
 
 def test_quickstart_failure_raises_with_the_output_tail(fake_mmrec):
     # The fake tree has no utils/quick_start.py, so MMRec's import fails in the subprocess.
     out = io.StringIO()
     with pytest.raises(InstallError, match=r"(?s)quick_start failed \(exit status 1\).*ModuleNotFoundError"):
-        inst.quickstart(fake_mmrec, epochs=1, model="LightGCN", n_users=60, n_items=40, stream=out,
+        qs.quickstart(fake_mmrec, epochs=1, model="LightGCN", n_users=60, n_items=40, stream=out,
                         report=None)
     assert "ModuleNotFoundError" in out.getvalue()  # streamed as well
     folder = fake_mmrec / "data/rearm_demo"
-    assert (folder / inst.DATA_MARKER_FILE).is_file() and (folder / "rearm_demo.inter").is_file()
+    assert (folder / "rearm_demo.inter").is_file()
     yaml_text = (fake_mmrec / "src/configs/dataset/rearm_demo.yaml").read_text()
     assert yaml_text.startswith(inst.MARKER + "\n") and "inter_file_name: 'rearm_demo.inter'" in yaml_text
     before = porcelain(fake_mmrec)
@@ -244,14 +200,14 @@ def test_quickstart_refuses_a_foreign_dataset_folder(fake_mmrec):
     foreign = fake_mmrec / "data/rearm_demo"
     foreign.mkdir()
     (foreign / "rearm_demo.inter").write_text("mine\n")
-    with pytest.raises(InstallError, match=re.escape(f"demo dataset into {foreign}")):
-        inst.quickstart(fake_mmrec, epochs=1, model="LightGCN", report=None, stream=io.StringIO())
+    with pytest.raises(InstallError, match=re.escape(f"refusing to overwrite {foreign} (a folder mmrec-rearm did not create)")):
+        qs.quickstart(fake_mmrec, epochs=1, model="LightGCN", report=None, stream=io.StringIO())
     assert (foreign / "rearm_demo.inter").read_text() == "mine\n"
 
 
 def test_quickstart_rejects_zero_epochs(fake_mmrec):
     with pytest.raises(InstallError, match="epochs=0: must be >= 1"):
-        inst.quickstart(fake_mmrec, epochs=0, report=None)
+        qs.quickstart(fake_mmrec, epochs=0, report=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +232,7 @@ def test_real_mmrec_quickstart_plumbing_with_lightgcn(real_mmrec):
                     "torchvision, matplotlib, lmdb), e.g. .venv/bin/python from scripts/setup.sh")
     before = porcelain(real_mmrec)
     out = io.StringIO()
-    result = inst.quickstart(real_mmrec, epochs=1, model="LightGCN", n_users=200, n_items=150,
+    result = qs.quickstart(real_mmrec, epochs=1, model="LightGCN", n_users=200, n_items=150,
                              config={"use_gpu": False}, stream=out, report=None, timeout=120)
     text = out.getvalue()
     assert "epoch 0 training" in text and "epoch 1 training" not in text

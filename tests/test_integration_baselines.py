@@ -22,6 +22,7 @@ import re
 
 from mmrec_rearm import cli
 from mmrec_rearm import install as inst
+from mmrec_rearm import quickstart as qs
 
 from test_integration_mmrec import (  # noqa: F401 - runnable_clone is a fixture
     _EVAL_LINE, _LOSS_LINE, _LOSS_TERM, DEMO_ITEMS, DEMO_USERS, EPOCHS, METRIC_KEYS, metric_blocks, porcelain,
@@ -42,8 +43,8 @@ def test_micro_and_diffmm_train_and_evaluate_through_mmrec(runnable_clone, monke
     for model, marker in (("MICRO", r"MICRO item kNN graphs \(.*\) (built|read from the cache)"),
                           ("DiffMM", r"DiffMM diffusion: loss per modality")):
         out = io.StringIO()
-        result = inst.quickstart(clone, epochs=EPOCHS, model=model, n_users=DEMO_USERS, n_items=DEMO_ITEMS,
-                                 config={"use_gpu": False}, stream=out, report=None, timeout=600)
+        result = qs.quickstart(clone, epochs=EPOCHS, model=model, n_users=DEMO_USERS, n_items=DEMO_ITEMS,
+                               config={"use_gpu": False}, stream=out, report=None, timeout=600)
         text = out.getvalue()
         assert "Loss is nan" not in text
         assert text.count("=========1/1: Parameters:") == 1, model  # the grid cut to one point
@@ -75,7 +76,7 @@ def test_the_baselines_train_through_mmrec_with_compare(runnable_clone, monkeypa
     for model in COMPARE_MODELS:
         assert (clone / "src" / "models" / f"{model.lower()}.py").is_file()
         assert (clone / "src" / "configs" / "model" / f"{model}.yaml").is_file()
-    inst._place_demo_dataset(clone, "rearm_demo", DEMO_USERS, DEMO_ITEMS, 0, report=None)
+    qs.place_demo_dataset(clone, "rearm_demo", DEMO_USERS, DEMO_ITEMS, 0, report=None)
     status = cli.main(["compare", "--mmrec", clone.name, "-d", "rearm_demo", "-m", *COMPARE_MODELS, "--seeds", "1",
                        "--epochs", str(EPOCHS), "--set", *PINS])
     records = [json.loads(line) for line in (clone.parent / "results/rearm_demo/runs.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ test works on a temporary `git clone` of it, and ends by checking that uninstall
 `git status` to what it was before install.
 
 What a run looks like: `mmrec_rearm.install.install` writes the shim and our YAML files, then
-`install.quickstart` places a tiny seeded demo dataset (MMRec format, plus its dataset YAML) and
+`quickstart.quickstart` places a tiny seeded demo dataset (MMRec format, plus its dataset YAML) and
 starts MMRec's `quick_start` in a subprocess with cwd `<clone>/src`, exactly as `python main.py`
 would, on CPU. The output parsed below is MMRec's own log text.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from mmrec_rearm import install as inst
+from mmrec_rearm import quickstart as qs
 
 from conftest import REPO_ROOT, mmrec_runtime_problem
 
@@ -72,7 +73,7 @@ def test_rearm_trains_and_evaluates_through_mmrec_quick_start(runnable_clone, mo
     assert (clone / "src/configs/model/REARM.yaml").read_text().startswith(inst.MARKER + "\n")
 
     out = io.StringIO()
-    result = inst.quickstart(clone, epochs=EPOCHS, model="REARM", n_users=DEMO_USERS, n_items=DEMO_ITEMS,
+    result = qs.quickstart(clone, epochs=EPOCHS, model="REARM", n_users=DEMO_USERS, n_items=DEMO_ITEMS,
                              config={"use_gpu": False}, stream=out, report=None, timeout=300)
     text = out.getvalue()
 
@@ -123,23 +124,29 @@ quick_start(model=job["model"], dataset=job["dataset"], config_dict=job["config"
 """
 
 
-def write_tiktok_subset(folder: Path, n_users: int) -> tuple:
+def write_tiktok_subset(root: Path, folder: Path, n_users: int) -> tuple:
     """Users 0..n_users-1 of TikTok with all their rows, items re-indexed densely in id order and
-    the features sliced to match; marked as ours so uninstall removes the folder."""
+    the features sliced to match; recorded in the install ledger so uninstall removes the folder."""
+    import io
+
     import numpy as np
 
     table = np.loadtxt(TIKTOK / "tiktok.inter", dtype=np.int64, delimiter="\t", skiprows=1,
                        usecols=(0, 1, 4))
     table = table[table[:, 0] < n_users]
     item_ids, items = np.unique(table[:, 1], return_inverse=True)
-    folder.mkdir(parents=True)
     rows = np.column_stack([table[:, 0], items, np.ones(len(table), np.int64), np.zeros(len(table), np.int64),
                             table[:, 2]])
-    np.savetxt(folder / "tiktok.inter", rows, fmt="%d", delimiter="\t",
-               header="userID\titemID\trating\ttimestamp\tx_label", comments="")
+    files = {}
+    inter = io.BytesIO()
+    np.savetxt(inter, rows, fmt="%d", delimiter="\t", header="userID\titemID\trating\ttimestamp\tx_label",
+               comments="")
+    files[folder / "tiktok.inter"] = inter.getvalue()
     for name in ("image_feat.npy", "audio_feat.npy"):
-        np.save(folder / name, np.load(TIKTOK / name)[item_ids].astype(np.float32))
-    (folder / inst.DATA_MARKER_FILE).write_text(inst.MARKER + "\n")
+        buffer = io.BytesIO()
+        np.save(buffer, np.load(TIKTOK / name)[item_ids].astype(np.float32))
+        files[folder / name] = buffer.getvalue()
+    inst.place_files(root, files, folders=[folder], report=None)
     trained = set(table[table[:, 2] == 0, 0].tolist())
     return len(item_ids), n_users - len(trained)
 
@@ -152,7 +159,7 @@ def test_rearm_on_a_real_tiktok_subset_through_mmrec(runnable_clone, monkeypatch
     before = porcelain(clone)
     inst.install(clone, report=None)
     assert (clone / "src/configs/dataset/tiktok.yaml").is_file()  # ours: audio in MMRec's text slot
-    n_items, without_training = write_tiktok_subset(clone / "data" / "tiktok", TIKTOK_USERS)
+    n_items, without_training = write_tiktok_subset(clone, clone / "data" / "tiktok", TIKTOK_USERS)
     assert n_items > 1000
     # User 288 has no training row: the official code's interest vector is 0/0 = NaN there and its
     # loss turns NaN; the finite losses below show ours handles it (MMRec never evaluates the user).
@@ -167,7 +174,7 @@ def test_rearm_on_a_real_tiktok_subset_through_mmrec(runnable_clone, monkeypatch
     loss_lines = _LOSS_LINE.findall(text)
     assert len(loss_lines) == 1, text[-3000:]
     assert all(math.isfinite(float(v)) for _, v in _LOSS_TERM.findall(loss_lines[0]))
-    valid, test, _ = inst.parse_final_metrics(text)
+    valid, test, _ = qs.parse_final_metrics(text)
     assert set(valid) == METRIC_KEYS and set(test) == METRIC_KEYS
     assert all(0.0 <= v <= 1.0 for v in [*valid.values(), *test.values()])
     assert valid["recall@50"] > 0  # one epoch on real data already ranks some held-out items
@@ -186,7 +193,7 @@ def test_compare_as_the_readme_shows_it_with_relative_paths(runnable_clone, monk
     monkeypatch.chdir(clone.parent)
     monkeypatch.delenv("MMREC_REARM_CACHE_DIR", raising=False)
     assert cli.main(["install", clone.name]) == 0
-    inst._place_demo_dataset(clone, "rearm_demo", DEMO_USERS, DEMO_ITEMS, 0, report=None)
+    qs.place_demo_dataset(clone, "rearm_demo", DEMO_USERS, DEMO_ITEMS, 0, report=None)
     status = cli.main(["compare", "--mmrec", clone.name, "-d", "rearm_demo", "-m", "REARM", "LightGCN",
                        "--seeds", "1", "--epochs", "1", "--set", "LightGCN.n_layers=2",
                        "LightGCN.reg_weight=1e-3"])

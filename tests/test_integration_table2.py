@@ -2,7 +2,7 @@
 MMRec's 13 and our six (REARM and the five baselines MMRec lacks), on a tiny seeded demo dataset
 (60 users x 50 items), 1 epoch each, every model's search grid pinned to its first point, two runs
 at once. Six of MMRec's models cannot run as shipped on a CPU-only host without torch_scatter; the
-run process fixes them in memory (experiments/host_fixes.py): DRAGON and DualGNN's CPU-registered
+run process fixes them in memory (experiments/runner_fixes.py): DRAGON and DualGNN's CPU-registered
 parameter, LATTICE, GRCN and MGCN's unconditional ``.cuda()``, SLMRec and MGCN's torch_scatter import.
 SLMRec also imports scikit-learn (scripts/setup.sh installs it).
 
@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 
 from mmrec_rearm import cli  # noqa: E402
 from mmrec_rearm import install as inst  # noqa: E402
+from mmrec_rearm import quickstart as qs  # noqa: E402
 from mmrec_rearm.experiments.mmrec_config import grid_keys, grid_values, merged_config  # noqa: E402
 from mmrec_rearm.experiments.paper import PAPER_ROWS, paper_name  # noqa: E402
 
@@ -57,7 +58,7 @@ def test_compare_runs_all_19_table2_models_end_to_end(runnable_clone, monkeypatc
     monkeypatch.delenv("MMREC_REARM_CACHE_DIR", raising=False)  # graph caches then live in the demo folder
     before = porcelain(clone)
     assert cli.main(["install", clone.name]) == 0
-    inst._place_demo_dataset(clone, "rearm_demo", USERS, ITEMS, 0, report=None)
+    qs.place_demo_dataset(clone, "rearm_demo", USERS, ITEMS, 0, report=None)
     pins = first_grid_point(clone / "src", MODELS, "rearm_demo")
     shuffled = list(MODELS[::-1])  # the table must not follow the command line
     status = cli.main(["compare", "--mmrec", clone.name, "-d", "rearm_demo", "-m", *shuffled, "--seeds", "1",
@@ -74,7 +75,7 @@ def test_compare_runs_all_19_table2_models_end_to_end(runnable_clone, monkeypatc
             assert set(record[split]) >= METRIC_KEYS, (record["model"], record[split])
             assert all(0.0 <= record[split][k] <= 1.0 for k in METRIC_KEYS), (record["model"], split, record[split])
     fixed = {r["model"] for r in records if r.get("host_fixes")}
-    expected = {"DRAGON", "DualGNN"}  # CPU-registered parameters (experiments/host_fixes.py)
+    expected = {"DRAGON", "DualGNN"}  # CPU-registered parameters (experiments/runner_fixes.py)
     if not torch.cuda.is_available():
         expected |= {"LATTICE", "GRCN", "MGCN"}  # unconditional .cuda()
     if importlib.util.find_spec("torch_scatter") is None:

@@ -101,12 +101,15 @@ def test_stand_in_base_sets_the_mmrec_contract(demo):
 
 
 def test_missing_features_are_a_named_error(demo):
-    with pytest.raises(DatasetError, match="no item features"):
+    with pytest.raises(DatasetError, match=r"feature file\(s\) not found: .*nope\.npy \(vision_feature_file\); "
+                                           r".*nope2\.npy \(text_feature_file\)"):
         demo.model(vision_feature_file="nope.npy", text_feature_file="nope2.npy")
+    with pytest.raises(DatasetError, match="names no feature file"):
+        demo.model(vision_feature_file="", text_feature_file=None)
 
 
-def test_one_missing_slot_leaves_one_modality(demo):
-    model = demo.model(vision_feature_file="nope.npy")
+def test_an_empty_slot_leaves_one_modality(demo):
+    model = demo.model(vision_feature_file="")        # a dataset with one modality names no vision file
     assert model.modality_names == ("text_feat",) and model.n_modalities == 1
 
 
@@ -396,7 +399,7 @@ def test_a_third_modality_from_extra_feature_files(demo):
     assert model.eval()()[1].shape[1] == 4 * SMALL["embedding_size"]
     with pytest.raises(CheckpointError, match="no official counterpart"):
         to_official_state_dict(model)
-    with pytest.raises(DatasetError, match="extra feature file not found"):
+    with pytest.raises(DatasetError, match=r"feature file\(s\) not found: .*video_feat\.npy \(extra_feature_files\[0\]\)"):
         demo.model(extra_feature_files=["video_feat.npy"])
 
 

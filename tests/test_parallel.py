@@ -21,10 +21,17 @@ from mmrec_rearm.experiments.store import RunStore
 
 #: fields of a record that depend on when and where it ran, not on what it computed
 VOLATILE = {"wall_s", "started", "finished", "log_path", "mmrec_log", "host", "python"}
+#: the same inside each epoch of the record's history: how long its training and evaluation took
+VOLATILE_PER_EPOCH = {"train_s", "eval_s"}
 
 
 def _stable(records):
-    return sorted(({k: v for k, v in r.items() if k not in VOLATILE} for r in records), key=lambda r: r["key"])
+    def stable(record):
+        out = {k: v for k, v in record.items() if k not in VOLATILE}
+        if "history" in out:
+            out["history"] = [{k: v for k, v in epoch.items() if k not in VOLATILE_PER_EPOCH} for epoch in out["history"]]
+        return out
+    return sorted((stable(r) for r in records), key=lambda r: r["key"])
 
 
 def test_slots_split_threads_and_deal_devices():

@@ -2,16 +2,18 @@
 
     mmrec-rearm graphs DATASET_DIR [--inter FILE] [--feature NAME=FILE ...] [--set key=value ...]
                        [--export OUT_DIR] [--cache-dir DIR] [--no-cache]
+    mmrec-rearm graphs --mmrec MMREC_DIR -d DATASET [--set key=value ...] [--export OUT_DIR] ...
     mmrec-rearm cache ls DIR
     mmrec-rearm cache clear DIR [--key KEY]
-    mmrec-rearm install MMREC_DIR
-    mmrec-rearm uninstall MMREC_DIR
-    mmrec-rearm quickstart --mmrec MMREC_DIR [--epochs N]
-    mmrec-rearm compare | ablate | sensitivity | heatmap | recommend | tune | user-graph |
+    mmrec-rearm install --mmrec MMREC_DIR [--force]   (or: install MMREC_DIR; same for the next two)
+    mmrec-rearm uninstall --mmrec MMREC_DIR [--force]
+    mmrec-rearm quickstart --mmrec MMREC_DIR [--epochs N] [--force]
+    mmrec-rearm run | compare | ablate | sensitivity | tune | heatmap | recommend | user-graph |
                 convert-official-splits ...   (mmrec_rearm.experiments)
 
 Errors raised on purpose by this package (``RearmError``) print ``error: <message>`` to stderr and
-exit with status 2; an interrupt (Ctrl-C) exits with 130; anything else is a bug and keeps its traceback.
+exit with status 2; anything else is a bug and keeps its traceback. Ctrl-C (or SIGTERM during runs)
+prints one line ``interrupted: <what finished, how to resume>`` and exits with status 130, without a traceback.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .errors import DatasetError, GraphParamError, RearmError
+from .errors import ConfigError, DatasetError, GraphParamError, InstallError, Interrupted, RearmError
 
 __all__ = ["main", "build_parser", "parse_value", "parse_params", "EXPORT_NAMES"]
 
@@ -112,12 +114,22 @@ def _progress(message: str) -> None:
     print(f"[mmrec-rearm] {message}", file=sys.stderr, flush=True)
 
 
-def _cmd_graphs(args: argparse.Namespace) -> int:
-    from .cache import load_or_build, resolve_cache_dir
+def _graph_inputs(args: argparse.Namespace):
+    """(data, graph parameters, cache_dir default, where the data came from) for ``graphs``."""
     from .data import read_dataset
-    from .graphs import GraphParams, HomogeneousGraphs
+    from .graphs import GraphParams
 
-    folder = Path(args.dataset_dir)
+    if args.mmrec or args.dataset:
+        if not (args.mmrec and args.dataset) or args.dataset_dir or args.inter or args.feature:
+            raise ConfigError("graphs: give --mmrec DIR -d DATASET (files, modalities and settings then come "
+                              "from the checkout's YAML files, as in training), or a DATASET_DIR with --inter / "
+                              "--feature / --set graph parameters; not both.")
+        from .experiments.training_graphs import training_graph_inputs
+
+        found = training_graph_inputs(args.mmrec, args.dataset, args.set or [])
+        return found.data, found.params, found.cache_dir, f"as REARM trains on it (read {', '.join(found.sources)})"
+    if not args.dataset_dir:
+        raise ConfigError("graphs: give a DATASET_DIR, or --mmrec DIR -d DATASET for a dataset of an MMRec checkout.")
     features = None
     if args.feature:
         features = {}
@@ -126,21 +138,46 @@ def _cmd_graphs(args: argparse.Namespace) -> int:
                 raise DatasetError(f"--feature: modality '{name}' given twice; name each modality once.")
             features[name] = file
     params = GraphParams.from_mapping(parse_params(_pairs(args.set, "--set", GraphParamError), GraphParams))
-    export_dir = _export_dir(Path(args.export)) if args.export else None  # fail before the build
+    folder = Path(args.dataset_dir)
+    if features is None:
+        _note_other_features(folder)
+    return read_dataset(folder, inter_file=args.inter, features=features), params, None, ""
 
+
+def _note_other_features(folder: Path) -> None:
+    """Name the *_feat.npy files the default (image_feat + text_feat) leaves out, e.g. TikTok's
+    audio, with a command that includes them under the names training gives them."""
+    from .hints import command
+
+    defaults = ("image_feat.npy", "text_feat.npy")
+    others = sorted(p.name for p in folder.glob("*_feat.npy") if p.name not in defaults)
+    if not others:
+        return
+    files = [name for name in defaults if (folder / name).is_file()] + others
+    with_all = command("graphs", folder, "--feature", *(f"{Path(f).stem}={f}" for f in files))
+    _progress(f"note: {folder} also holds {', '.join(others)}, which the default modalities (image_feat.npy, "
+              f"text_feat.npy) leave out; to include them: `{with_all}`. With an MMRec checkout, --mmrec and -d "
+              "build exactly the graphs of its training runs (the files its dataset YAML names).")
+
+
+def _cmd_graphs(args: argparse.Namespace) -> int:
+    from .cache import load_or_build, resolve_cache_dir
+    from .graphs import HomogeneousGraphs
+
+    export_dir = _export_dir(Path(args.export)) if args.export else None  # fail before the build
     t0 = time.perf_counter()
-    data = read_dataset(folder, inter_file=args.inter, features=features)
+    data, params, configured_cache, origin = _graph_inputs(args)
     dims = ",".join(f"{name}:{arr.shape[1]}" for name, arr in data.features.items())
-    print(f"dataset {folder.resolve()}  users={data.n_users} items={data.n_items} "
-          f"train={data.interactions.nnz} modalities={dims}")
+    print(f"dataset {Path(data.source['inter']).parent}  users={data.n_users} items={data.n_items} "
+          f"train={data.interactions.nnz} modalities={dims}" + (f"  {origin}" if origin else ""))
     _progress(f"read dataset in {time.perf_counter() - t0:.2f} s")
 
-    cache_dir = False if args.no_cache else args.cache_dir
+    cache_dir = False if args.no_cache else (args.cache_dir if args.cache_dir is not None else configured_cache)
     t1 = time.perf_counter()
     graphs, hit = load_or_build(data, params, cache_dir=cache_dir, progress=_progress)
     total = time.perf_counter() - t1
-    status = "off" if args.no_cache else ("hit" if hit else "miss")
-    where = "disabled" if args.no_cache else str(resolve_cache_dir(data, args.cache_dir))
+    status = "off" if cache_dir is False else ("hit" if hit else "miss")
+    where = "disabled" if cache_dir is False else str(resolve_cache_dir(data, cache_dir))
 
     print(f"cache {where}")
     print(f"{'graph':<18} {'nodes':>8} {'edges':>10} {'seconds':>9} cache")
@@ -155,21 +192,27 @@ def _cmd_graphs(args: argparse.Namespace) -> int:
 
 
 def _export_dir(out_dir: Path) -> Path:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RearmError(f"{out_dir}: cannot create the export folder ({exc}); pick a writable path.") from exc
-    return out_dir.resolve()
+    """The export folder, created and checked writable before the graphs are built."""
+    from .atomic import check_writable
+
+    return Path(check_writable(out_dir, what="the exported graphs"))
 
 
 def _export(graphs, out_dir: Path) -> None:
-    """Write each graph as ``<name>.npz`` (CSR float32, rows = users / items in id order)."""
+    """Write each graph as ``<name>.npz`` (CSR float32, rows = users / items in id order), each
+    atomically: a failure (full disk) leaves the previous file or none, never a torn one."""
+    import io
+
     import numpy as np
     import scipy.sparse as sp
 
+    from .atomic import write_bytes
+
     for name in EXPORT_NAMES:
         mat = sp.csr_matrix(getattr(graphs, name), dtype=np.float32)
-        sp.save_npz(out_dir / f"{name}.npz", mat)
+        buffer = io.BytesIO()  # zipfile cannot be stopped cleanly mid-write; the file gets whole bytes
+        sp.save_npz(buffer, mat)
+        write_bytes(out_dir / f"{name}.npz", buffer.getvalue(), what=f"the exported graph {name}")
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
@@ -188,27 +231,46 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _installer(name: str) -> Callable:
-    from . import install  # lazily: `graphs` must work without the installer's dependencies
+def _installer(name: str, module: str = "install") -> Callable:
+    import importlib  # lazily: `graphs` must work without the installer's dependencies
 
-    return getattr(install, name)
+    return getattr(importlib.import_module(f"mmrec_rearm.{module}"), name)
+
+
+def _checkout(args: argparse.Namespace, command: str) -> str:
+    """The MMRec checkout of an installer command: ``--mmrec DIR`` or the positional form."""
+    given = [value for value in (args.mmrec, args.mmrec_dir) if value]
+    if not given:
+        raise InstallError(f"{command}: which MMRec checkout? Give the folder you cloned MMRec into with --mmrec DIR.")
+    roots = {p.parent if p.name == "src" and (p / "main.py").is_file() else p
+             for p in (Path(value).expanduser().resolve() for value in given)}
+    if len(roots) > 1:
+        raise InstallError(f"{command}: --mmrec {given[0]} and {given[1]} name two checkouts; give one.")
+    return given[0]
 
 
 # The installer reports each file / the final metrics itself, so these handlers print nothing.
 def _cmd_install(args: argparse.Namespace) -> int:
-    _installer("install")(args.mmrec_dir)
+    _installer("install")(_checkout(args, "install"), **({"force": True} if args.force else {}))
     return 0
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
-    _installer("uninstall")(args.mmrec_dir)
+    _installer("uninstall")(_checkout(args, "uninstall"), **({"force": True} if args.force else {}))
     return 0
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     kwargs = {} if args.epochs is None else {"epochs": args.epochs}
-    _installer("quickstart")(args.mmrec, **kwargs)
+    if args.force:
+        kwargs["force"] = True
+    _installer("quickstart", "quickstart")(_checkout(args, "quickstart"), **kwargs)
     return 0
+
+
+def _add_checkout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mmrec_dir", metavar="MMREC_DIR", nargs="?", help="the MMRec checkout (same as --mmrec)")
+    parser.add_argument("--mmrec", metavar="DIR", help="the MMRec checkout (or its src folder)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,17 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     g = sub.add_parser("graphs", help="build (or load from the cache) the homogeneous graphs of a dataset",
-                       description="Read an MMRec dataset folder and build or load its homogeneous graphs.")
-    g.add_argument("dataset_dir", metavar="DATASET_DIR")
+                       description="Build or load the homogeneous graphs of a dataset: with --mmrec DIR -d DATASET "
+                                   "exactly those REARM trains with in that checkout (its YAML files, modalities "
+                                   "and cache folder), or those of any MMRec-format DATASET_DIR.")
+    g.add_argument("dataset_dir", metavar="DATASET_DIR", nargs="?", help="a dataset folder (without --mmrec)")
+    g.add_argument("--mmrec", metavar="DIR", help="MMRec checkout whose configuration REARM trains with")
+    g.add_argument("-d", "--dataset", help="dataset name in that checkout (with --mmrec)")
     g.add_argument("--inter", metavar="FILE", help="interaction file (default: <folder name>.inter)")
     g.add_argument("--feature", metavar="NAME=FILE", action="extend", nargs="+",
                    help="modality feature file, repeatable; given -> exactly these, in this order "
                         "(default: image=image_feat.npy text=text_feat.npy)")
     g.add_argument("--set", metavar="KEY=VALUE", action="extend", nargs="+",
-                   help="graph parameter, e.g. user_knn_k=25 or u_modal_weights=0.5,0.5")
+                   help="graph parameter, e.g. user_knn_k=25 or u_modal_weights=0.5,0.5; with --mmrec a REARM "
+                        "setting as run --set takes it (YAML value, e.g. modalities=first)")
     g.add_argument("--export", metavar="OUT_DIR", help="write each graph as OUT_DIR/<graph>.npz (CSR float32)")
-    g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: $MMREC_REARM_CACHE_DIR "
-                                                      "or DATASET_DIR/.rearm_cache)")
+    g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: REARM's rearm_cache_dir with "
+                                                      "--mmrec, else $MMREC_REARM_CACHE_DIR, else "
+                                                      "DATASET_DIR/.rearm_cache when writable)")
     g.add_argument("--no-cache", action="store_true", help="always build, never read or write the cache")
     g.set_defaults(handler=_cmd_graphs)
 
@@ -243,17 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=_cmd_cache)
 
     i = sub.add_parser("install", help="install REARM (and the Table-2 baselines MICRO, DiffMM, ApeGNN, MGDN, "
-                                       "MIGGT) into an MMRec checkout")
-    i.add_argument("mmrec_dir", metavar="MMREC_DIR")
+                                       "MIGGT) into an MMRec checkout",
+                       description="Write the shim and YAML files of REARM and the five Table-2 baselines MMRec "
+                                   "lacks (MICRO, DiffMM, ApeGNN, MGDN, MIGGT) into an MMRec checkout and record each, "
+                                   "with its content hash, in MMREC_DIR/.mmrec-rearm-RECORD. A file that is not "
+                                   "ours, or that changed since we wrote it, is never overwritten.")
+    _add_checkout(i)
+    i.add_argument("--force", action="store_true",
+                   help="move each file in the way (yours, or changed since install) to FILE.bak, then write ours")
     i.set_defaults(handler=_cmd_install)
 
-    u = sub.add_parser("uninstall", help="remove REARM from an MMRec checkout")
-    u.add_argument("mmrec_dir", metavar="MMREC_DIR")
+    u = sub.add_parser("uninstall", help="remove REARM from an MMRec checkout",
+                       description="Remove what install / quickstart / compare recorded in the ledger and is "
+                                   "unchanged. Edited files and folders holding files of yours stay.")
+    _add_checkout(u)
+    u.add_argument("--force", action="store_true",
+                   help="move edited files (and folders holding files of yours) to NAME.bak instead of keeping "
+                        "them in place; nothing is ever deleted that was not ours and unchanged")
     u.set_defaults(handler=_cmd_uninstall)
 
     q = sub.add_parser("quickstart", help="install, generate the demo dataset and train briefly")
-    q.add_argument("--mmrec", metavar="MMREC_DIR", required=True)
+    _add_checkout(q)
     q.add_argument("--epochs", type=int, default=None)
+    q.add_argument("--force", action="store_true", help="as install --force, for the install and demo files")
     q.set_defaults(handler=_cmd_quickstart)
 
     from .experiments.commands import add_subcommands  # compare, tune, user-graph, convert-official-splits, ...
@@ -276,10 +356,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RearmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM during runs: the runs in flight were killed
-        print("interrupted: runs in flight were stopped and not recorded; rerun the same command to go on.",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {_interrupted(args.command, exc)}", file=sys.stderr)
         return 130
+
+
+def _interrupted(command: str, exc: KeyboardInterrupt) -> str:
+    """The one line for Ctrl-C: the command's own account when it gave one (:class:`Interrupted`)."""
+    if isinstance(exc, Interrupted) and str(exc):
+        return str(exc)
+    return (f"`mmrec-rearm {command}` stopped before it finished. Files are only ever replaced whole and the "
+            "graph cache keeps complete entries only, so nothing half-written was left; run the same command "
+            "again to redo the work.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import DatasetError
+from .features import load_feature_file, validate_features
+from .inter_parse import field_bounds, parse_int_column
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -42,8 +44,6 @@ DEFAULT_FEATURES: Mapping[str, str] = {"image": "image_feat.npy", "text": "text_
 #: columns of the .inter header that must be present (any others are ignored).
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 _SPLIT_NAMES = {0: "train", 1: "valid", 2: "test"}
-# Rows parsed per chunk by the vectorised integer parser; bounds its scratch memory.
-_PARSE_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,92 +147,6 @@ def training_matrix(users, items, n_users: int, n_items: int) -> sp.csr_matrix:
 
 
 # --------------------------------------------------------------------------------------------
-# Features
-
-
-def validate_features(
-    name: str, array, n_items: int, origin: str = ""
-) -> np.ndarray:
-    """Check one modality's array and return it as float32 C-contiguous ``(n_items, d)``.
-
-    ``origin`` (a file path or a description) goes into error messages.
-    """
-    where = origin or f"feature array '{name}'"
-    arr = np.asarray(array)
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise DatasetError(
-            f"{where}: modality '{name}' has dtype {arr.dtype}, not a numeric array; save the "
-            "features with np.save(path, features.astype(np.float32))."
-        )
-    if arr.ndim != 2:
-        raise DatasetError(
-            f"{where}: modality '{name}' has {arr.ndim} dimension(s) (shape {arr.shape}) but must "
-            f"be 2-D (n_items, d) with n_items = {n_items}; reshape before saving."
-        )
-    if arr.shape[0] != n_items:
-        raise DatasetError(
-            f"{where}: modality '{name}' has {arr.shape[0]} rows but the dataset has {n_items} "
-            "items (max itemID over all splits + 1); row i must hold the features of item i."
-        )
-    if arr.shape[1] == 0:
-        raise DatasetError(
-            f"{where}: modality '{name}' has 0 columns (shape {arr.shape}); give at least one "
-            "feature per item or leave the modality out."
-        )
-    if arr.dtype.kind == "f":
-        _reject_non_finite(name, arr, where, after_cast=False)
-    with np.errstate(over="ignore"):  # overflow is reported below with the offending row
-        out = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
-        # float64 values beyond float32's range become inf only now.
-        _reject_non_finite(name, out, where, after_cast=True, original=arr)
-    return out
-
-
-def _reject_non_finite(name: str, arr: np.ndarray, where: str, after_cast: bool,
-                       original: Optional[np.ndarray] = None) -> None:
-    # Fast screen: NaN/inf propagate into row sums (float64 sums of float32 cannot overflow);
-    # only a non-finite sum needs the exact, element-wise look.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(arr.sum(axis=1, dtype=np.float64)).all():
-            return
-    finite_rows = np.isfinite(arr).all(axis=1)
-    if finite_rows.all():
-        return
-    row = int(np.argmin(finite_rows))
-    col = int(np.argmin(np.isfinite(arr[row])))
-    value = float((arr if original is None else original)[row, col])
-    reason = "overflows float32" if after_cast else "is not finite"
-    raise DatasetError(
-        f"{where}: modality '{name}' value {value!r} at row {row} (item {row}), column {col} "
-        f"{reason}; {int((~finite_rows).sum())} row(s) are affected. Replace NaN/inf (for "
-        "example with the mean feature) before training."
-    )
-
-
-def _load_feature_file(name: str, path: Path, n_items: int) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        # numpy refuses object arrays when pickles are disallowed; also malformed headers.
-        raise DatasetError(
-            f"{path}: modality '{name}' could not be loaded without pickle ({exc}); the file "
-            "must be a plain numeric .npy array, e.g. np.save(path, feats.astype(np.float32))."
-        ) from exc
-    except OSError as exc:
-        raise DatasetError(
-            f"{path}: modality '{name}' is not a readable .npy file ({exc}); re-save it with np.save."
-        ) from exc
-    if not isinstance(arr, np.ndarray):  # an .npz archive
-        arr.close()
-        raise DatasetError(
-            f"{path}: modality '{name}' is an .npz archive, not a single array; save one "
-            "(n_items, d) array per modality with np.save."
-        )
-    return validate_features(name, arr, n_items, origin=str(path))
-
-
-# --------------------------------------------------------------------------------------------
 # The .inter file
 
 
@@ -275,10 +189,10 @@ def read_interactions(path: PathLike) -> _Interactions:
             )
         columns[col] = header.index(col)
 
-    starts, ends, line_no = _field_bounds(path, body, len(header))
-    users = _parse_int_column(path, body, starts, ends, line_no, columns["userID"], "userID")
-    items = _parse_int_column(path, body, starts, ends, line_no, columns["itemID"], "itemID")
-    labels = _parse_int_column(path, body, starts, ends, line_no, columns["x_label"], "x_label")
+    starts, ends, line_no = field_bounds(path, body, len(header))
+    users = parse_int_column(path, body, starts, ends, line_no, columns["userID"], "userID")
+    items = parse_int_column(path, body, starts, ends, line_no, columns["itemID"], "itemID")
+    labels = parse_int_column(path, body, starts, ends, line_no, columns["x_label"], "x_label")
     for field, ids in (("userID", users), ("itemID", items)):
         if ids.size and ids.min() < 0:
             row = int(np.argmax(ids < 0))
@@ -293,93 +207,51 @@ def read_interactions(path: PathLike) -> _Interactions:
             f"{path}: line {line_no[row]}, column 'x_label' has value {int(labels[row])}; "
             "x_label must be 0 (train), 1 (valid) or 2 (test)."
         )
+    for field, ids in (("userID", users), ("itemID", items)):
+        _check_id_range(path, body, starts, ends, line_no, field, ids)
     return _Interactions(users=users, items=items, labels=labels)
 
 
-def _field_bounds(path: Path, body: bytes, n_cols: int):
-    """Start/end byte offsets ``(n_rows, n_cols)`` of every field, and 1-based file line numbers.
-
-    Blank lines are skipped (as pandas does); a line with a different number of fields than the
-    header is an error naming the line.
-    """
-    if body and not body.endswith(b"\n"):
-        body = body + b"\n"
-    buf = np.frombuffer(body, dtype=np.uint8)
-    line_ends = np.flatnonzero(buf == 10)
-    line_starts = np.empty_like(line_ends)
-    if line_ends.size:
-        line_starts[0] = 0
-        line_starts[1:] = line_ends[:-1] + 1
-    keep = line_ends > line_starts
-    is_tab = buf == 9
-    tab_count = np.concatenate(([0], np.cumsum(is_tab, dtype=np.int64)))
-    tabs_per_line = tab_count[line_ends] - tab_count[line_starts]
-    wrong = keep & (tabs_per_line != n_cols - 1)
-    if wrong.any():
-        k = int(np.argmax(wrong))
-        text = body[line_starts[k] : line_ends[k]].decode("utf-8", "replace")
-        raise DatasetError(
-            f"{path}: line {k + 2} has {int(tabs_per_line[k]) + 1} tab-separated fields but the "
-            f"header has {n_cols}: {text[:80]!r}; fix the line or the header (fields are separated by "
-            "one tab)."
-        )
-    line_no = (np.flatnonzero(keep) + 2).astype(np.int64)  # +1 for 1-based, +1 for the header
-    n_rows = int(keep.sum())
-    # Every kept line has exactly n_cols - 1 tabs and blank lines have none, so all separators
-    # sorted together fall into n_cols per row.
-    seps = np.sort(np.concatenate((np.flatnonzero(is_tab), line_ends[keep]))).reshape(n_rows, n_cols)
-    starts = np.empty_like(seps)
-    starts[:, 0] = line_starts[keep]
-    starts[:, 1:] = seps[:, :-1] + 1
-    return starts, seps, line_no
+#: Ids may leave gaps (MMRec sizes its tables by the largest id + 1), but not this many: a count
+#: above both 10x the distinct ids and distinct + 1000 means a stray or mistyped id.
+MAX_ID_SPREAD = 10
+_MIN_SLACK = 1000
 
 
-def _parse_int_column(path: Path, body: bytes, starts, ends, line_no, col: int, field: str) -> np.ndarray:
-    s = starts[:, col]
-    e = ends[:, col]
-    out = np.empty(s.shape[0], dtype=np.int64)
-    buf = np.frombuffer(body, dtype=np.uint8)
-    pow10 = 10 ** np.arange(18, dtype=np.int64)
-    for lo in range(0, s.shape[0], _PARSE_CHUNK):
-        cs, ce = s[lo : lo + _PARSE_CHUNK], e[lo : lo + _PARSE_CHUNK]
-        values = _parse_digits(buf, cs, ce, pow10)
-        if values is None:  # something other than plain digits: parse exactly, with messages
-            values = _parse_slow(path, body, cs, ce, line_no[lo : lo + _PARSE_CHUNK], field)
-        out[lo : lo + cs.shape[0]] = values
-    return out
+def _check_id_range(path: Path, body: bytes, starts, ends, line_no, field: str, ids: np.ndarray) -> None:
+    """Refuse ids far beyond what the file holds: the largest id + 1 becomes the user / item count,
+    so one stray id (100000000) would size every matrix and embedding table for 100 M nodes."""
+    if ids.size == 0:
+        return
+    count = int(ids.max()) + 1
+    distinct = int(np.unique(ids).size)
+    needed = count * 16  # two int64 per id for the CSR row pointers and the counts, before any model table
+    available = _available_memory()
+    if count <= max(MAX_ID_SPREAD * distinct, distinct + _MIN_SLACK) and (available is None or needed < available):
+        return
+    row = int(np.argmax(ids))
+    line = body[starts[row, 0]:ends[row, -1]].decode("utf-8", "replace")
+    what = "users" if field == "userID" else "items"
+    why = (f"more than {MAX_ID_SPREAD}x the {distinct} distinct {field} values the file holds"
+           if count > max(MAX_ID_SPREAD * distinct, distinct + _MIN_SLACK)
+           else f"the index arrays alone would need {needed / 1e9:.1f} GB, more than the {available / 1e9:.1f} GB available")
+    raise DatasetError(
+        f"{path}: line {int(line_no[row])} ({line!r}) has {field} {int(ids[row])}, which would make {count} {what} "
+        f"(the largest id + 1, MMRec's convention): {why}. Is it a stray or mistyped row? Ids must be re-indexed "
+        f"to 0..{distinct - 1} (or close to it); fix or remove the line."
+    )
 
 
-def _parse_digits(buf: np.ndarray, s: np.ndarray, e: np.ndarray, pow10: np.ndarray):
-    """Vectorised parse of fields made only of 1..18 ASCII digits; None if any field is not."""
-    if s.size == 0:
-        return np.empty(0, dtype=np.int64)
-    length = e - s
-    if length.min() < 1 or length.max() > 18:
-        return None
-    width = int(length.max())
-    pos = np.arange(width)
-    inside = pos[None, :] < length[:, None]
-    idx = np.where(inside, s[:, None] + pos[None, :], 0)
-    digits = buf[idx].astype(np.int64) - 48
-    if not ((digits >= 0) & (digits <= 9) | ~inside).all():
-        return None
-    place = np.where(inside, length[:, None] - 1 - pos[None, :], 0)
-    return (np.where(inside, digits, 0) * pow10[place]).sum(axis=1)
-
-
-def _parse_slow(path: Path, body: bytes, s, e, line_no, field: str) -> np.ndarray:
-    values = np.empty(s.shape[0], dtype=np.int64)
-    for k, (a, b) in enumerate(zip(s.tolist(), e.tolist())):
-        text = body[a:b]
-        try:
-            values[k] = int(text)
-        except (ValueError, OverflowError):
-            shown = text.decode("utf-8", "replace")
-            raise DatasetError(
-                f"{path}: line {int(line_no[k])}, column '{field}' has value {shown!r}, which is "
-                f"not an integer; {field} must be a whole number (no decimals or text)."
-            ) from None
-    return values
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (Linux MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,7 +296,7 @@ def read_dataset(
     source = {"inter": os.path.abspath(inter_path)}
     loaded = {}
     for name, path in _feature_paths(folder, features).items():
-        loaded[name] = _load_feature_file(name, path, n_items)
+        loaded[name] = load_feature_file(name, path, n_items)
         source[name] = os.path.abspath(path)
     interactions = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
     return TrainingData(n_users, n_items, interactions, loaded, source)

@@ -47,3 +47,19 @@ class PlotDependencyError(RearmError, ImportError):
 
 class RunsAbortedError(RearmError):
     """A sweep stopped because several runs in a row failed the same way (a setup problem, not a result)."""
+
+
+class OutputError(RearmError, OSError):
+    """An output file or folder cannot be written (message names the path, the reason and the fix).
+    ``errno`` is the underlying error number, when there is one."""
+
+    def __init__(self, message: str, errno_code: "int | None" = None):
+        super().__init__(message)
+        self.errno = errno_code
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a command; the message says what finished and how to resume.
+
+    A KeyboardInterrupt (not a RearmError) so that no ``except Exception`` on the way swallows it;
+    the CLI prints its message as one line."""

@@ -1,84 +1,69 @@
-"""Install REARM into an MMRec checkout, remove it again, and run a short demo training.
+"""Install REARM and the five Table-2 baselines MMRec lacks into an MMRec checkout and remove them
+again, under the install ledger's guarantees.
 
 MMRec finds a model by file name: ``-m REARM`` imports ``src/models/rearm.py`` and takes its
 attribute ``REARM``; its configuration is read from ``src/configs/model/REARM.yaml`` (after
 ``overall.yaml`` and ``src/configs/dataset/<dataset>.yaml``). So installing means writing:
 
-* ``src/models/rearm.py``: a shim that re-exports :class:`mmrec_rearm.model.rearm.REARM`, and one
-  such line per Table-2 baseline of :data:`SHIMS` (``micro.py``, ``diffmm.py``, ``apegnn.py``,
-  ``mgdn.py``, ``miggt.py``); they need ``mmrec-rearm`` to be pip-installed in the environment
-  that runs MMRec;
+* for each model of :data:`MODEL_SHIMS`, ``src/models/<name lower>.py``: a shim that re-exports our
+  class; it needs ``mmrec-rearm`` to be pip-installed in the environment that runs MMRec;
 * each ``configs/model/*.yaml`` / ``configs/dataset/*.yaml`` shipped with this package, into
   ``src/configs/model/`` / ``src/configs/dataset/``.
 
-Every file written starts with :data:`MARKER` on its own first line. That line is how ownership is
-decided: a file at one of our paths without it belongs to someone else and is never overwritten,
-and :func:`uninstall` deletes exactly the marked files, so the checkout's ``git status`` returns to
-what it was. :func:`quickstart` additionally writes the demo dataset folder (marked by a
-:data:`DATA_MARKER_FILE` inside it) and its dataset YAML, then runs MMRec's own ``quick_start`` in a
-subprocess.
+Every file (and folder) put into the checkout goes through :func:`place_files`, which records it
+with its content hash in the ledger (:mod:`.ledger`). Ownership is decided by the ledger alone:
+
+* ``install`` never overwrites a file that is not listed or that changed since it was written; it
+  refuses before writing anything, naming each such file (``force=True`` moves each to
+  ``FILE.bak`` first);
+* ``uninstall`` removes a file only when it is listed and unchanged; an edited file stays, with one
+  line saying so (``force=True`` moves it to ``FILE.bak``); a folder we created (the demo dataset)
+  is removed only when every file in it is ours and unchanged, or a cache computed from them (the
+  graph cache ``.rearm_cache/``, MMRec's ``*_adj_*.pt``, ``user_graph_dict.npy``). Copies a user made
+  are never listed, so never touched.
+
+Adding an installable file later (another model's shim and YAML) means adding an entry to
+:data:`MODEL_SHIMS` and a YAML file to ``configs/model/``; the ledger covers it automatically.
+:mod:`.quickstart` adds the demo dataset through the same :func:`place_files`.
 """
 from __future__ import annotations
 
-import collections
-import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, TextIO, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .atomic import write_bytes
 from .errors import InstallError
+from .hints import command
+from .ledger import LEDGER_NAME, Ledger, backup_name
 
 __all__ = [
-    "MARKER", "DATA_MARKER_FILE", "SHIM_RELPATH", "SHIMS", "shim_files", "REQUIRED", "QuickstartResult",
-    "find_checkout", "package_configs_dir", "planned_files", "install", "uninstall",
-    "quickstart", "parse_final_metrics",
+    "MARKER", "MODEL_SHIMS", "SHIM_RELPATH", "REQUIRED", "LEDGER_NAME", "find_checkout",
+    "package_configs_dir", "planned_files", "place_files", "check_placeable", "install", "uninstall", "data_root",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Report = Optional[Callable[[str], None]]
 
-#: First line of every file we write; ``#`` starts a comment in both Python and YAML.
-MARKER = "# written by mmrec-rearm install; remove with: mmrec-rearm uninstall"
-#: File inside a dataset folder that quickstart generated (content: MARKER).
-DATA_MARKER_FILE = ".mmrec-rearm"
-SHIM_RELPATH = Path("src", "models", "rearm.py")
-
-# ---- model shims: one line each, src/models/<name lower>.py (MMRec imports a model by file name)
-#: MMRec model name -> the module of this package that defines the class of that name.
-#: MIGGT is the REARM paper's "MIG-GT" (a class name cannot hold the hyphen).
-SHIMS: Dict[str, str] = {
+#: First line of every text file we write: for people reading the file; ownership is the ledger's.
+MARKER = "# written by mmrec-rearm install; uninstall removes it only while it is unchanged"
+#: MMRec model name -> module of this package that defines the class of that name: REARM, then the
+#: Table-2 baselines MMRec lacks (MIGGT is the paper's "MIG-GT": a class name cannot hold the hyphen).
+MODEL_SHIMS: Dict[str, str] = {
     "REARM": "mmrec_rearm.model.rearm",
-    # the Table-2 baselines MMRec lacks
     "MICRO": "mmrec_rearm.baselines.micro",
     "DiffMM": "mmrec_rearm.baselines.diffmm",
     "ApeGNN": "mmrec_rearm.baselines.apegnn",
     "MGDN": "mmrec_rearm.baselines.mgdn",
     "MIGGT": "mmrec_rearm.baselines.miggt",
 }
-
-
-def shim_files() -> Dict[Path, str]:
-    """Relative path -> body (without the marker) of every model shim of :data:`SHIMS`."""
-    return {Path("src", "models", f"{name.lower()}.py"): f"from {module} import {name}  # noqa: F401\n"
-            for name, module in SHIMS.items()}
-# ---- end of model shims
-
+SHIM_RELPATH = Path("src", "models", "rearm.py")
 #: What makes a folder an MMRec checkout (relative to its root).
 REQUIRED = ("src/main.py", "src/models/", "src/configs/model/", "src/common/abstract_recommender.py")
 #: Package config sub-folder -> destination inside the checkout.
 CONFIG_DESTINATIONS = {"model": Path("src", "configs", "model"),
                        "dataset": Path("src", "configs", "dataset")}
-#: Folders uninstall scans for marked files (pattern per folder).
-_SCANNED = ((Path("src", "models"), "*.py"), (Path("src", "configs", "model"), "*.yaml"),
-            (Path("src", "configs", "dataset"), "*.yaml"))
-_TAIL_LINES = 40
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,181 +116,7 @@ def package_configs_dir() -> Path:
                        f"{', '.join(str(c) for c in candidates)}); reinstall mmrec-rearm")
 
 
-def _marked(text: str) -> str:
-    return MARKER + "\n" + text
-
-
-def planned_files(root: Path) -> Dict[Path, str]:
-    """Every file :func:`install` writes under checkout ``root`` -> its full content."""
-    files = {root / rel: _marked(body) for rel, body in shim_files().items()}
-    configs = package_configs_dir()
-    for sub, destination in CONFIG_DESTINATIONS.items():
-        folder = configs / sub
-        if not folder.is_dir():
-            continue
-        for source in sorted(folder.glob("*.yaml")):
-            files[root / destination / source.name] = _marked(source.read_text(encoding="utf-8"))
-    return files
-
-
-def _is_ours(path: Path) -> bool:
-    """True when ``path`` is a file whose first line is exactly :data:`MARKER`."""
-    if not path.is_file():
-        return False
-    with open(path, "r", encoding="utf-8", errors="replace") as handle:
-        return handle.readline().rstrip("\r\n") == MARKER
-
-
-def _refuse_foreign(paths) -> None:
-    """InstallError naming every path that exists but is not ours (nothing has been written yet)."""
-    foreign = [p for p in paths if (p.exists() or p.is_symlink()) and not _is_ours(p)]
-    if foreign:
-        listed = ", ".join(str(p) for p in foreign)
-        raise InstallError(f"refusing to overwrite {listed}: not written by mmrec-rearm (its first line "
-                           f"is not {MARKER!r}); move it away or delete it, then re-run")
-
-
-def _write_files(files: Mapping[Path, str], report: Report) -> List[Path]:
-    _refuse_foreign(files)
-    written = []
-    for path, content in files.items():
-        if path.is_file() and path.read_text(encoding="utf-8") == content:
-            _say(report, f"unchanged {path}")
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content, encoding="utf-8")
-            _say(report, f"wrote     {path}")
-        written.append(path)
-    return written
-
-
-def _say(report: Report, line: str) -> None:
-    if report is not None:
-        report(line)
-
-
-# --------------------------------------------------------------------------------------------
-# install / uninstall
-
-
-def install(mmrec_dir: PathLike, *, report: Report = print) -> List[Path]:
-    """Install the REARM shim and our YAML files into the MMRec checkout at ``mmrec_dir``.
-
-    Returns the paths of all our files (written or already identical; each is reported to
-    ``report`` as ``wrote`` / ``unchanged``). Idempotent. Raises InstallError, before writing
-    anything, when ``mmrec_dir`` is not an MMRec checkout or a target file exists without our
-    marker. The shim imports ``mmrec_rearm``, so MMRec's Python must have mmrec-rearm installed.
-    """
-    root = find_checkout(mmrec_dir)
-    return _write_files(planned_files(root), report)
-
-
-def uninstall(mmrec_dir: PathLike, *, report: Report = print) -> List[Path]:
-    """Remove everything mmrec-rearm put into the checkout; return the removed paths.
-
-    Removes the files whose first line is :data:`MARKER` in ``src/models/*.py``,
-    ``src/configs/model/*.yaml`` and ``src/configs/dataset/*.yaml``, the compiled
-    ``src/models/__pycache__/<shim>.*.pyc`` (git-ignored by MMRec, but stale once the shim is gone) and
-    every dataset folder under MMRec's data folder that holds :data:`DATA_MARKER_FILE`. Files without
-    the marker are left alone, so ``git status`` returns to its state before :func:`install` /
-    :func:`quickstart` (MMRec's own logs under ``src/log/`` are kept; git ignores ``*.log``).
-    """
-    root = find_checkout(mmrec_dir)
-    removed: List[Path] = []
-    for folder, pattern in _SCANNED:
-        for path in sorted((root / folder).glob(pattern)):
-            if _is_ours(path):
-                path.unlink()
-                removed.append(path)
-    for rel in shim_files():
-        for pyc in sorted((root / rel.parent / "__pycache__").glob(f"{rel.stem}.*.pyc")):
-            pyc.unlink()
-            removed.append(pyc)
-    data_root = _data_root(root)
-    if data_root.is_dir():
-        for folder in sorted(p for p in data_root.iterdir() if p.is_dir() and not p.is_symlink()):
-            if _is_ours(folder / DATA_MARKER_FILE):
-                shutil.rmtree(folder)
-                removed.append(folder)
-    for path in removed:
-        _say(report, f"removed   {path}")
-    if not removed:
-        _say(report, f"nothing of mmrec-rearm found in {root}")
-    return removed
-
-
-# --------------------------------------------------------------------------------------------
-# quickstart
-
-
-@dataclass
-class QuickstartResult:
-    """Outcome of :func:`quickstart`: MMRec's final best-validation metrics and the test metrics at
-    that epoch (keys like ``recall@20``), plus where things are."""
-
-    model: str
-    dataset: str
-    epochs: int
-    valid: Dict[str, float]
-    test: Dict[str, float]
-    parameters: str = ""
-    log_file: Optional[Path] = None
-    seconds: float = 0.0
-    installed: List[Path] = field(default_factory=list)
-
-    def summary(self, ks: Tuple[int, ...] = (10, 20)) -> str:
-        """A few lines: recall/ndcg at ``ks`` for valid and test."""
-        lines = [f"{self.model} on {self.dataset}, {self.epochs} epoch(s), {self.seconds:.1f}s "
-                 f"({self.parameters})"]
-        for name, metrics in (("valid", self.valid), ("test", self.test)):
-            shown = [f"{key}={metrics[key]:.4f}" for k in ks for key in (f"recall@{k}", f"ndcg@{k}")
-                     if key in metrics]
-            lines.append(f"  {name:5s} " + "  ".join(shown))
-        if self.log_file is not None:
-            lines.append(f"  MMRec log: {self.log_file}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary()
-
-
-_METRIC = re.compile(r"([A-Za-z0-9_]+@\d+):\s*(-?[0-9.]+(?:[eE][-+]?\d+)?)")
-_BEST = "█ BEST █"
-
-
-def parse_final_metrics(output: str) -> Tuple[Dict[str, float], Dict[str, float], str]:
-    """(valid, test, parameters) from the block MMRec's ``quick_start`` logs last::
-
-        █████████████ BEST ████████████████
-        <time> INFO \\tParameters: ['seed']=(999,),
-        Valid: recall@5: 0.0683    recall@10: 0.1075    ...,
-        Test: recall@5: 0.0417    ...
-
-    Raises InstallError when the block is absent (the run did not finish).
-    """
-    start = output.rfind(_BEST)
-    if start < 0:
-        raise InstallError("MMRec's output has no final 'BEST' block: the run did not finish")
-    block = output[start:].splitlines()
-    found: Dict[str, str] = {}
-    parameters = ""
-    for line in block:
-        stripped = line.strip()
-        if "Parameters:" in stripped and not parameters:
-            parameters = stripped.split("Parameters:", 1)[1].strip().rstrip(",")
-        for label in ("Valid:", "Test:"):
-            if stripped.startswith(label) and label not in found:
-                found[label] = stripped[len(label):]
-    if "Valid:" not in found or "Test:" not in found:
-        raise InstallError("MMRec's final 'BEST' block lacks its 'Valid:' or 'Test:' line")
-
-    def metrics(text: str) -> Dict[str, float]:
-        return {key.lower(): float(value) for key, value in _METRIC.findall(text)}
-
-    return metrics(found["Valid:"]), metrics(found["Test:"]), parameters
-
-
-def _data_root(root: Path) -> Path:
+def data_root(root: Path) -> Path:
     """MMRec's data folder: ``data_path`` of ``src/configs/overall.yaml`` (default ``../data/``),
     resolved against ``src/``, where MMRec runs."""
     data_path = "../data/"
@@ -322,136 +133,267 @@ def _data_root(root: Path) -> Path:
     return (root / "src" / data_path).resolve()
 
 
-def _place_demo_dataset(root: Path, name: str, n_users: int, n_items: int, seed: int,
-                        report: Report) -> List[Path]:
-    from . import synth
-
-    folder = _data_root(root) / name
-    yaml_path = root / "src" / "configs" / "dataset" / f"{name}.yaml"
-    if folder.exists() and not _is_ours(folder / DATA_MARKER_FILE):
-        raise InstallError(f"refusing to write the demo dataset into {folder}: the folder exists and "
-                           f"was not made by mmrec-rearm (no {DATA_MARKER_FILE} file); choose another "
-                           "dataset name or move the folder away")
-    _refuse_foreign([yaml_path])
-    folder = synth.make_demo_dataset(folder.parent, name=name, n_users=n_users, n_items=n_items,
-                                     seed=seed)
-    (folder / DATA_MARKER_FILE).write_text(MARKER + "\n", encoding="utf-8")
-    _say(report, f"wrote     {folder}/ (demo dataset: {n_users} users x {n_items} items, seed {seed})")
-    return [folder] + _write_files({yaml_path: _marked(synth.demo_dataset_yaml(name))}, report)
+def marked(text: str) -> str:
+    """``text`` with :data:`MARKER` as its first line."""
+    return MARKER + "\n" + text
 
 
-# Runs inside MMRec's src/. With single_point, every hyper-parameter list MMRec would grid over is
-# cut to its first value (MMRec's own Config reads the YAMLs, so its float parsing applies).
-_RUNNER = """\
-import json, sys
-from utils.configurator import Config
-from utils.quick_start import quick_start
-job = json.loads(sys.argv[1])
-config = dict(job["config"])
-if job["single_point"]:
-    probe = Config(job["model"], job["dataset"], dict(config))
-    for name in probe["hyper_parameters"]:
-        if name not in config:
-            value = probe[name]
-            config[name] = [value[0]] if isinstance(value, list) and value else [value]
-quick_start(model=job["model"], dataset=job["dataset"], config_dict=config, save_model=True)
-"""
+def planned_files(root: Path) -> Dict[Path, str]:
+    """Every file :func:`install` writes under checkout ``root`` -> its full content."""
+    files = {root / "src" / "models" / f"{name.lower()}.py": marked(f"from {module} import {name}  # noqa: F401\n")
+             for name, module in MODEL_SHIMS.items()}
+    configs = package_configs_dir()
+    for sub, destination in CONFIG_DESTINATIONS.items():
+        folder = configs / sub
+        if not folder.is_dir():
+            continue
+        for source in sorted(folder.glob("*.yaml")):
+            files[root / destination / source.name] = marked(source.read_text(encoding="utf-8"))
+    return files
 
 
-def _check_importable(python: str, module: str) -> None:
-    done = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise InstallError(f"{python} cannot import {module} (needed by the shims in src/models/): install "
-                           f"mmrec-rearm into MMRec's environment (pip install mmrec-rearm, or "
-                           f"pip install -e <this repository>) or pass python=...\n{done.stderr[-2000:]}")
+def _say(report: Report, line: str) -> None:
+    if report is not None:
+        report(line)
 
 
-def _newest_log(root: Path, model: str, dataset: str, since: float) -> Optional[Path]:
-    logs = [p for p in (root / "src" / "log").glob(f"{model}-{dataset}-*.log")
-            if p.stat().st_mtime >= since - 1]
-    return max(logs, key=lambda p: p.stat().st_mtime) if logs else None
+# --------------------------------------------------------------------------------------------
+# Writing under the ledger
 
 
-def quickstart(
-    mmrec_dir: PathLike,
-    epochs: int = 3,
-    python: str = sys.executable,
-    *,
-    model: str = "REARM",
-    dataset: str = "rearm_demo",
-    n_users: int = 2000,
-    n_items: int = 1000,
-    seed: int = 0,
-    config: Optional[Mapping[str, object]] = None,
-    single_point: bool = True,
-    stream: Optional[TextIO] = None,
-    timeout: Optional[float] = None,
-    report: Report = print,
-) -> QuickstartResult:
-    """Install, write the seeded demo dataset, train ``model`` with MMRec for ``epochs`` epochs.
+_WHY = {"changed": "changed since mmrec-rearm wrote it", "foreign": "not written by mmrec-rearm"}
 
-    The demo dataset goes to MMRec's data folder (``<checkout>/data/<dataset>/``, marked as ours)
-    and its YAML to ``src/configs/dataset/<dataset>.yaml``. MMRec's ``quick_start`` then runs in a
-    subprocess of ``python`` with cwd ``<checkout>/src`` (as ``python main.py`` would), its output
-    streamed to ``stream`` (default stdout). ``config`` entries are passed to MMRec as its
-    ``config_dict`` (they win over every YAML). With ``single_point`` (default) each hyper-parameter
-    grid MMRec would search is cut to its first value, so one model is trained. ``model`` may be any
-    MMRec model (the tests use ``LightGCN``). Returns the parsed final metrics and prints their
-    summary; raises InstallError with the tail of the output when the run fails.
+
+def place_files(root: PathLike, files: Mapping[Path, Union[str, bytes]], *, folders: Sequence[Path] = (),
+                force: bool = False, update: bool = True, report: Report = print) -> List[Path]:
+    """Write ``files`` (path -> content) and create ``folders`` in checkout ``root``, recording each
+    in the ledger. -> the file paths, in order.
+
+    A path that does not exist is written; one with exactly this content is kept (and recorded);
+    one of ours, unchanged since written, is replaced (``update=False``: refused instead). Any
+    other existing path (not ours, or changed since we wrote it; a folder we did not create) is a
+    conflict: without ``force`` an InstallError names every conflict before anything is written;
+    with ``force`` each is moved to ``<name>.bak`` first. Each file is written atomically.
     """
-    if epochs < 1:
-        raise InstallError(f"epochs={epochs}: must be >= 1")
-    out = stream if stream is not None else sys.stdout
-    root = find_checkout(mmrec_dir)
-    installed = install(root, report=report)
-    installed += _place_demo_dataset(root, dataset, n_users, n_items, seed, report)
-    ours = {name.lower(): module for name, module in SHIMS.items()}
-    if model.lower() in ours:
-        _check_importable(python, ours[model.lower()])
+    ledger = Ledger.load(root)
+    contents = {Path(p): (c.encode("utf-8") if isinstance(c, str) else bytes(c)) for p, c in files.items()}
+    conflicts, actions = _plan(ledger, contents, folders, update)
+    if conflicts and not force:
+        raise _refusal(conflicts)
+    written: List[Path] = []
+    try:
+        for path, why in conflicts:
+            _move_aside(ledger, path, why, report)
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            ledger.record_folder(folder)
+        for path, action in actions:
+            if action != "unchanged":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes(path, contents[path], what="an mmrec-rearm file")
+            ledger.record_file(path, contents[path])
+            _say(report, f"{action:<9} {path}")
+            written.append(path)
+    finally:
+        ledger.save()  # also after a failure: what was written is recorded
+    return written
 
-    job = {"model": model, "dataset": dataset, "single_point": bool(single_point),
-           "config": {"epochs": int(epochs), **dict(config or {})}}
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    started = time.time()
-    tail: collections.deque = collections.deque(maxlen=_TAIL_LINES)
-    captured: List[str] = []
-    try:
-        process = subprocess.Popen([python, "-c", _RUNNER, json.dumps(job)], cwd=root / "src",
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   encoding="utf-8", errors="replace", env=env)
+
+def check_placeable(root: PathLike, files: Mapping[Path, Union[str, bytes]], *,
+                    folders: Sequence[Path] = ()) -> None:
+    """Raise the InstallError :func:`place_files` without ``force`` would raise; write nothing."""
+    contents = {Path(p): (c.encode("utf-8") if isinstance(c, str) else bytes(c)) for p, c in files.items()}
+    conflicts, _ = _plan(Ledger.load(root), contents, folders, True)
+    if conflicts:
+        raise _refusal(conflicts)
+
+
+def _refusal(conflicts: Sequence[Tuple[Path, str]]) -> InstallError:
+    listed = "; ".join(f"{path} ({why})" for path, why in conflicts)
+    return InstallError(f"refusing to overwrite {listed}. Nothing was written. Keep your version by moving it "
+                        "away, or pass --force to move each to <name>.bak first.")
+
+
+def _plan(ledger: Ledger, contents: Mapping[Path, bytes], folders: Sequence[Path], update: bool) -> tuple:
+    """(conflicts [(path, why)], actions [(path, wrote | unchanged | updated)]) of placing ``contents``."""
+    conflicts: List[Tuple[Path, str]] = []
+    for folder in folders:
+        if (folder.exists() or folder.is_symlink()) and not ledger.has_folder(folder):
+            conflicts.append((folder, "a folder mmrec-rearm did not create"))
+    moved_folders = [folder for folder, _ in conflicts]
+    actions: List[Tuple[Path, str]] = []
+    for path, content in contents.items():
+        state = ledger.state(path)
+        if state == "absent" or any(folder in path.parents for folder in moved_folders):
+            actions.append((path, "wrote"))
+        elif path.is_file() and not path.is_symlink() and path.stat().st_size == len(content) \
+                and path.read_bytes() == content:
+            actions.append((path, "unchanged"))
+        elif state == "ours" and update:
+            actions.append((path, "updated"))
+        else:
+            why = _WHY.get(state, "an earlier mmrec-rearm version of this file differs from the new one")
+            conflicts.append((path, why))
+            actions.append((path, "wrote"))
+    return conflicts, actions
+
+
+def _move_aside(ledger: Ledger, path: Path, why: str, report: Report) -> Path:
+    backup = backup_name(path)
+    os.replace(path, backup)
+    ledger.forget(ledger.key(path))
+    _say(report, f"moved     {path} -> {backup} ({why})")
+    return backup
+
+
+# --------------------------------------------------------------------------------------------
+# install / uninstall
+
+
+def install(mmrec_dir: PathLike, *, force: bool = False, report: Report = print) -> List[Path]:
+    """Install the model shims and our YAML files into the MMRec checkout at ``mmrec_dir``.
+
+    Returns the paths of all our files (each reported as ``wrote`` / ``unchanged`` / ``updated``).
+    Idempotent. Refuses, before writing anything, when ``mmrec_dir`` is not an MMRec checkout or a
+    target exists that is not ours or changed since we wrote it (``force``: moved to ``.bak``).
+    The shim imports ``mmrec_rearm``, so MMRec's Python must have mmrec-rearm installed.
+    """
+    root = find_checkout(mmrec_dir)
+    return place_files(root, planned_files(root), force=force, report=report)
+
+
+def uninstall(mmrec_dir: PathLike, *, force: bool = False, report: Report = print) -> List[Path]:
+    """Remove what mmrec-rearm put into the checkout and is unchanged; return the removed paths.
+
+    Files and folders come from the ledger only. A listed file whose bytes changed stays and is
+    reported (``force``: moved to ``FILE.bak``); a listed folder is removed only when everything in
+    it is ours and unchanged (``force``: otherwise moved to ``FOLDER.bak``). The compiled
+    ``__pycache__/<name>.*.pyc`` of a removed shim goes too (git-ignored by MMRec, stale once the
+    shim is gone). Afterwards the ledger is deleted: whatever stayed is the user's.
+    """
+    root = find_checkout(mmrec_dir)
+    ledger = Ledger.load(root)
+    if not ledger.entries:
+        _say(report, f"nothing of mmrec-rearm recorded in {root} (no {LEDGER_NAME}){_legacy_hint(root)}")
+        return []
+    removed: List[Path] = []
+    grouped = set()
+    for key in [k for k in ledger.entries if not _inside(ledger.resolve(k), (root, data_root(root)))]:
+        _say(report, f"skipped   {ledger.resolve(key)}: listed in the ledger but outside the checkout and MMRec's "
+                     "data folder, where mmrec-rearm never writes; left alone")
+        ledger.forget(key)
+    for folder_entry in ledger.folders():
+        members = list(ledger.files_under(folder_entry.key))
+        grouped.update(entry.key for entry in members)
+        removed += _remove_folder(ledger, ledger.resolve(folder_entry.key), members, force, report)
+    for key in [k for k, e in ledger.entries.items() if not e.is_folder and k not in grouped]:
+        removed += _remove_file(ledger, ledger.resolve(key), force, report)
+    ledger.entries.clear()
+    ledger.save()
+    return removed
+
+
+def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    absolute = os.path.abspath(path)
+    return any(os.path.commonpath([absolute, os.path.abspath(folder)]) == os.path.abspath(folder)
+               for folder in folders)
+
+
+def _remove_file(ledger: Ledger, path: Path, force: bool, report: Report) -> List[Path]:
+    state = ledger.state(path)
+    if state == "absent":
+        _say(report, f"gone      {path} (already removed)")
+        return []
+    if state != "ours":
+        if force:
+            _move_aside(ledger, path, "changed since mmrec-rearm wrote it", report)
+        else:
+            _say(report, f"kept      {path}: changed since mmrec-rearm wrote it, so it is yours now (delete it "
+                         "yourself, or uninstall --force moves it to .bak)")
+        return []
+    path.unlink()
+    _say(report, f"removed   {path}")
+    removed = [path]
+    if path.suffix == ".py":
+        for pyc in sorted((path.parent / "__pycache__").glob(f"{path.stem}.*.pyc")):
+            pyc.unlink()
+            removed.append(pyc)
+            _say(report, f"removed   {pyc}")
+    return removed
+
+
+def _remove_folder(ledger: Ledger, folder: Path, members, force: bool, report: Report) -> List[Path]:
+    if not (folder.exists() or folder.is_symlink()):
+        _say(report, f"gone      {folder}/ (already removed)")
+        return []
+    listed = {ledger.resolve(entry.key) for entry in members}
+    others = [] if folder.is_dir() and not folder.is_symlink() else [folder]
+    derived = []
+    for path in _walk(folder) if not others else ():
+        if path in listed and ledger.state(path) == "ours":
+            continue
+        (derived if path not in listed and _regenerable(path.relative_to(folder)) else others).append(path)
+    if others:
+        shown = ", ".join(str(p.relative_to(folder)) if p != folder else str(p) for p in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        if force:
+            _move_aside(ledger, folder, f"it holds files mmrec-rearm did not write or that changed: {shown}{more}",
+                        report)
+        else:
+            _say(report, f"kept      {folder}/: it holds files mmrec-rearm did not write or that changed ({shown}{more}), "
+                         "so it is yours now (delete it yourself, or uninstall --force moves it to .bak)")
+        return []
+    for path in list(listed) + derived:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    try:  # rmdir, never rmtree: a file that appeared meanwhile stops the removal instead of going with it
+        for base, dirs, _names in os.walk(folder, topdown=False):
+            for name in dirs:
+                os.rmdir(Path(base) / name)
+        folder.rmdir()
     except OSError as exc:
-        raise InstallError(f"cannot start {python}: {exc}; pass python=<MMRec's interpreter>") from exc
-    # A silent hang would block the read loop, so the time limit kills from another thread.
-    watchdog = threading.Timer(timeout, process.kill) if timeout is not None else None
-    with process:
-        assert process.stdout is not None
-        if watchdog is not None:
-            watchdog.start()
+        _say(report, f"kept      {folder}/: not empty after removing mmrec-rearm's files ({exc.strerror})")
+        return list(listed)
+    caches = f" and {len(derived)} cache file(s) computed from them" if derived else ""
+    _say(report, f"removed   {folder}/ ({len(listed)} file(s) of mmrec-rearm{caches})")
+    return [folder]
+
+
+#: Files computed from a dataset folder's own files, which go with it: MMRec's model caches and the
+#: DRAGON / DualGNN user graph (``mmrec-rearm user-graph`` rebuilds it in seconds).
+_REGENERABLE = re.compile(r"(mm|image|text)_adj_[\w.-]*\.pt|user_graph_dict\.npy")
+
+
+def _regenerable(relative: Path) -> bool:
+    """A cache inside a dataset folder we created: our graph cache folder, or one of :data:`_REGENERABLE`."""
+    parts = relative.parts
+    if parts[0] == ".rearm_cache":
+        return len(parts) > 1 and (parts[1].startswith("graphs.lmdb") or parts[1].endswith(".lock"))
+    return len(parts) == 1 and bool(_REGENERABLE.fullmatch(parts[0]))
+
+
+def _walk(folder: Path) -> Iterable[Path]:
+    """Every file, link and special entry below ``folder`` (folders themselves are not listed)."""
+    for base, dirs, names in os.walk(folder):
+        for name in names:
+            yield Path(base) / name
+        for name in dirs:
+            if (Path(base) / name).is_symlink():
+                yield Path(base) / name
+
+
+def _legacy_hint(root: Path) -> str:
+    """Files at our paths that carry the first line older mmrec-rearm versions wrote (before the ledger)."""
+    old = "# written by mmrec-rearm install; remove with: mmrec-rearm uninstall"
+    found = []
+    for path in planned_files(root):
         try:
-            for line in process.stdout:
-                out.write(line)
-                captured.append(line)
-                tail.append(line)
-            code = process.wait()
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
-            out.flush()
-    seconds = time.time() - started
-    output = "".join(captured)
-    if timeout is not None and seconds >= timeout and code != 0:
-        raise InstallError(f"MMRec quick_start exceeded {timeout:g}s and was stopped; last output:\n"
-                           + "".join(tail))
-    if code != 0:
-        raise InstallError(f"MMRec quick_start failed (exit status {code}) for model={model} "
-                           f"dataset={dataset} in {root / 'src'}; last output:\n" + "".join(tail))
-    try:
-        valid, test, parameters = parse_final_metrics(output)
-    except InstallError as exc:
-        raise InstallError(f"{exc}; last output:\n" + "".join(tail)) from None
-    result = QuickstartResult(model=model, dataset=dataset, epochs=int(epochs), valid=valid, test=test,
-                              parameters=parameters, log_file=_newest_log(root, model, dataset, started),
-                              seconds=seconds, installed=installed)
-    out.write("\n" + result.summary() + "\n")
-    out.flush()
-    return result
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                if handle.readline().rstrip("\r\n") in (old, MARKER):
+                    found.append(str(path))
+        except OSError:
+            continue
+    if not found:
+        return ""
+    return (f"; {', '.join(found)} carry the marker of an older mmrec-rearm: run `{command('install', '--mmrec', root)}` "
+            "(it adopts files identical to its own) and then uninstall, or delete them yourself")

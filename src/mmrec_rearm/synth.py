@@ -21,10 +21,11 @@ numpy only; the same arguments give bit-identical files.
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Tuple, Union
+from typing import Dict, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -32,6 +33,7 @@ __all__ = [
     "DemoData",
     "generate_demo",
     "make_demo_dataset",
+    "demo_dataset_files",
     "demo_dataset_yaml",
     "modality_signal",
     "INTER_COLUMNS",
@@ -237,6 +239,30 @@ def _chronological_split(users: np.ndarray) -> np.ndarray:
     return labels
 
 
+def demo_dataset_files(
+    name: str = "rearm_demo",
+    n_users: int = 2000,
+    n_items: int = 1000,
+    seed: int = 0,
+    **options,
+) -> Dict[str, bytes]:
+    """The demo dataset's files in memory: file name -> bytes (see :func:`make_demo_dataset`)."""
+    if not name or os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"name={name!r}: must be a plain folder name")
+    demo = generate_demo(n_users=n_users, n_items=n_items, seed=seed, **options)
+    table = np.stack(
+        [demo.users, demo.items, np.ones_like(demo.users), demo.timestamps, demo.labels], axis=1
+    )
+    inter = io.BytesIO()
+    np.savetxt(inter, table, fmt="%d", delimiter="\t", header="\t".join(INTER_COLUMNS), comments="")
+    files = {f"{name}.inter": inter.getvalue()}
+    for modality, arr in demo.features.items():
+        buffer = io.BytesIO()
+        np.save(buffer, arr)
+        files[f"{modality}_feat.npy"] = buffer.getvalue()
+    return files
+
+
 def make_demo_dataset(
     out_dir: Union[str, "os.PathLike[str]"],
     name: str = "rearm_demo",
@@ -252,26 +278,14 @@ def make_demo_dataset(
     ``options`` go to :func:`generate_demo`. Existing files of the same names are replaced
     atomically.
     """
-    if not name or os.sep in name or (os.altsep and os.altsep in name):
-        raise ValueError(f"name={name!r}: must be a plain folder name")
-    demo = generate_demo(n_users=n_users, n_items=n_items, seed=seed, **options)
+    from .atomic import write_bytes
+
+    files = demo_dataset_files(name, n_users=n_users, n_items=n_items, seed=seed, **options)
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
-    table = np.stack(
-        [demo.users, demo.items, np.ones_like(demo.users), demo.timestamps, demo.labels], axis=1
-    )
-    _atomic_write(folder / f"{name}.inter", lambda f: np.savetxt(
-        f, table, fmt="%d", delimiter="\t", header="\t".join(INTER_COLUMNS), comments=""))
-    for modality, arr in demo.features.items():
-        _atomic_write(folder / f"{modality}_feat.npy", lambda f, a=arr: np.save(f, a))
+    for file_name, content in files.items():
+        write_bytes(folder / file_name, content, what="the demo dataset")
     return folder
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def demo_dataset_yaml(name: str = "rearm_demo") -> str:

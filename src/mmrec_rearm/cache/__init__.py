@@ -30,7 +30,7 @@ from .. import graphs as _graphs
 from ..data import TrainingData
 from ..errors import CacheError
 from ..graphs import GraphParams, HomogeneousGraphs
-from .keys import FORMAT_VERSION, content_key, fingerprint, params_json
+from .keys import FORMAT_VERSION, content_key, data_fingerprint, fingerprint, params_json
 from .location import DEFAULT_DIRNAME, cache_dir_for, clear, entries, find_cache_dir, resolve_cache_dir, user_cache_dir
 from .store import DEFAULT_MAP_SIZE, ENV_DIRNAME, ENV_VAR, GraphCache
 
@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAP_SIZE",
     "GraphCache",
     "fingerprint",
+    "data_fingerprint",
     "content_key",
     "load_or_build",
     "load_or_build_matrices",

@@ -1,7 +1,8 @@
 """Cache keys: sha256 fingerprints of everything a cached matrix depends on.
 
 :func:`fingerprint` keys REARM's homogeneous graphs (training interactions, item features, graph
-parameters, builder source); :func:`content_key` keys any other derived sparse matrices that are a
+parameters, builder source); :func:`data_fingerprint` identifies the data alone (stored in
+checkpoints, to check the data a checkpoint is used with); :func:`content_key` keys any other derived sparse matrices that are a
 pure function of some arrays and parameters (e.g. a baseline's item kNN graphs). Both hash
 length-prefixed fields, so no two different inputs give the same byte stream, and both include
 :data:`FORMAT_VERSION` and the source of the builder modules, so editing a builder invalidates its
@@ -98,17 +99,34 @@ def fingerprint(data: TrainingData, params: GraphParams) -> str:
     h = hashlib.sha256()
     _frame(h, "format", str(int(FORMAT_VERSION)).encode("ascii"))
     _frame(h, "builder", _builder_digest().encode("ascii"))
+    _hash_data(h, data)
+    _frame(h, "params", params_json(params).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _hash_data(h: "hashlib._Hash", data: TrainingData, names: bool = True) -> None:
+    """Frame the data part of a key; ``names=False`` frames modalities by position instead of name."""
     _frame(h, "counts", f"{int(data.n_users)},{int(data.n_items)}".encode("ascii"))
     m = _canonical_csr(data.interactions)
     _frame_array(h, "train/indptr", m.indptr.astype("<i8", copy=False))
     _frame_array(h, "train/indices", m.indices.astype("<i8", copy=False))
     _frame_array(h, "train/values", m.data.astype("<f4", copy=False))
-    names = list(data.features)
-    _frame(h, "modalities", json.dumps(names).encode("utf-8"))
-    for name in names:
-        _frame(h, "modality", name.encode("utf-8"))
-        _frame_array(h, "features", np.asarray(data.features[name]))
-    _frame(h, "params", params_json(params).encode("utf-8"))
+    labels = list(data.features) if names else [str(i) for i in range(len(data.features))]
+    _frame(h, "modalities", json.dumps(labels).encode("utf-8"))
+    for label, array in zip(labels, data.features.values()):
+        _frame(h, "modality", label.encode("utf-8"))
+        _frame_array(h, "features", np.asarray(array))
+
+
+def data_fingerprint(data: TrainingData) -> str:
+    """sha256 hex of the data alone: the part of :func:`fingerprint` that describes ``data`` (user
+    and item counts, the canonical training matrix, each modality's bytes in order), without the
+    graph parameters, the builder or the modality names (which come from file names). A checkpoint
+    stores it, so that the data it is used with can be checked to be the data it was trained on
+    (permuted ids change the training matrix, so the fingerprint)."""
+    h = hashlib.sha256()
+    _frame(h, "data-fingerprint", b"1")
+    _hash_data(h, data, names=False)
     return h.hexdigest()
 
 

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from ..errors import CacheCorruptError, CacheError
 from ..graphs import HomogeneousGraphs
+from ..hints import command
 from .entry import MANIFEST, check_key, decode, delete_prefix, encode, parse_manifest
 
 try:  # POSIX only; without it the per-key lock is skipped (see docs/cache.md)
@@ -197,7 +198,7 @@ class GraphCache:
         except lmdb.MapFullError:
             raise CacheError(
                 f"{self.path}: graph cache is full ({self.map_size} bytes reserved); clear it with "
-                f"`mmrec-rearm cache clear {self.directory}`.") from None
+                f"`{command('cache', 'clear', self.directory)}`.") from None
         except lmdb.Error as exc:
             raise CacheError(
                 f"{self.path}: graph cache unusable ({type(exc).__name__}: {exc}); check "

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from ..atomic import write_text
 from ..errors import ConfigError
-from .compare import Progress, RunFunction
+from .runqueue import Progress, RunFunction
 from .mmrec_config import merged_config, mmrec_src
 from .tables import failures_markdown, selection_markdown, variants_csv, variants_markdown
 from .variants import Variant, VariantRuns, run_variants
@@ -132,7 +133,6 @@ def ablate(mmrec_dir: PathLike, dataset: str, seeds: Union[int, Sequence[int]] =
     by_label = runs.by_label()
     names = {v.label: v.name for v in chosen}
     root = Path(results_dir) / dataset
-    root.mkdir(parents=True, exist_ok=True)
     report = AblationReport(dataset, runs, {})
     ran = {v.name for v in chosen}
     if "table3" in parts:
@@ -146,10 +146,10 @@ def ablate(mmrec_dir: PathLike, dataset: str, seeds: Union[int, Sequence[int]] =
                     if paper else "The paper has no Table 3 numbers for this dataset."))
         report.tables["table3"] = labels
         report.files["table3.md"] = root / "table3.md"
-        report.files["table3.md"].write_text(
-            _report(f"Table 3 layout: {dataset}", intro, block, runs, labels), encoding="utf-8")
+        write_text(report.files["table3.md"], _report(f"Table 3 layout: {dataset}", intro, block, runs, labels),
+                   what="Table 3")
         report.files["table3.csv"] = root / "table3.csv"
-        report.files["table3.csv"].write_text(variants_csv(labels, by_label, paper, names), encoding="utf-8")
+        write_text(report.files["table3.csv"], variants_csv(labels, by_label, paper, names), what="Table 3")
         say("")
         say(block.rstrip())
     if "fig4" in parts:
@@ -162,10 +162,10 @@ def ablate(mmrec_dir: PathLike, dataset: str, seeds: Union[int, Sequence[int]] =
                  "a chart only, so there are no published numbers beside ours.")
         report.tables["fig4"] = labels
         report.files["fig4.md"] = root / "fig4.md"
-        report.files["fig4.md"].write_text(
-            _report(f"Fig. 4 layout (single modality): {dataset}", intro, block, runs, labels), encoding="utf-8")
+        write_text(report.files["fig4.md"],
+                   _report(f"Fig. 4 layout (single modality): {dataset}", intro, block, runs, labels), what="Fig. 4")
         report.files["fig4.csv"] = root / "fig4.csv"
-        report.files["fig4.csv"].write_text(variants_csv(labels, by_label, None, names), encoding="utf-8")
+        write_text(report.files["fig4.csv"], variants_csv(labels, by_label, None, names), what="Fig. 4")
         say("")
         say(block.rstrip())
     say(f"\nwrote {', '.join(str(p) for p in report.files.values())}")

@@ -1,16 +1,24 @@
 """Reading the checkpoints the runner writes and rebuilding REARM from one, without MMRec's trainer.
 
-A checkpoint (:func:`.runner.checkpoint_payload`) holds the weights of the best validation epoch, the
-full MMRec configuration with REARM's dataset-dependent values already resolved, the dataset folder,
-the model name, the epoch and the valid / test metrics of that epoch. Rebuilding reads the training
-split of the dataset's ``.inter`` file, gives the model the two things it reads from MMRec's data
-loader (the training matrix, user and item counts; :class:`~mmrec_rearm.host.ArrayDataLoader`), and
-loads the weights. The homogeneous graphs are rebuilt or read from the graph cache, as in training.
+A checkpoint (:func:`.runner.checkpoint_payload`, format :mod:`.checkpoint_format`) holds the weights
+of the best validation epoch, the full MMRec configuration with REARM's dataset-dependent values
+already resolved, the dataset folder and the fingerprint of the data the model was trained on, the
+model name, the epoch and the valid / test metrics of that epoch.
+
+Loading never runs code from the file: ``torch.load(..., weights_only=True)`` only, with no fallback
+of any kind (a torch without ``weights_only`` is refused). Rebuilding reads the training split of
+the dataset's ``.inter`` file, gives the model the two things it reads from MMRec's data loader (the
+training matrix, user and item counts; :class:`~mmrec_rearm.host.ArrayDataLoader`), checks that the
+model's data fingerprint equals the checkpoint's (so a dataset with the same counts but other
+interactions, features or ids is refused), and loads the weights. The homogeneous graphs are rebuilt
+or read from the graph cache, as in training.
 
 torch and the model are imported only when a function here is called.
 """
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +28,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import CheckpointError, DatasetError
-from .runner import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from . import checkpoint_format
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-REQUIRED_FIELDS = ("format", "version", "model", "config", "dataset_folder", "state_dict", "epoch", "valid", "test")
 #: Models that can be rebuilt from a checkpoint (MMRec name -> (module, class) of our package).
 REBUILDABLE = {"REARM": ("mmrec_rearm.model.rearm", "REARM")}
 
@@ -33,34 +42,49 @@ def checkpoint_file(results_dir: PathLike, dataset: str, run_key: str) -> Path:
     return Path(results_dir) / dataset / "checkpoints" / f"{run_key}.pt"
 
 
-def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+def load_checkpoint(path: PathLike, kind: str = checkpoint_format.KIND_BEST) -> Dict[str, Any]:
     """The checkpoint at ``path`` as a dict (tensors on the CPU), loaded with ``weights_only=True``
-    (no code runs while reading). Raises :class:`CheckpointError` naming the file and the problem."""
-    import torch
-
+    only: no code in the file can run while reading it. The payload is checked against
+    :mod:`.checkpoint_format` (``kind``). Raises :class:`CheckpointError` naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found; runs save one under "
                               "<results>/<dataset>/checkpoints/<run key>.pt (the run's record names it).")
-    try:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except TypeError:  # torch < 1.13 has no weights_only
-            payload = torch.load(path, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the caller
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
-                              "was the file truncated or written by something else?") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an mmrec-rearm checkpoint (no format '{CHECKPOINT_FORMAT}'); "
-                              "give a file from <results>/<dataset>/checkpoints/.")
-    missing = [name for name in REQUIRED_FIELDS if name not in payload]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks field(s) {', '.join(missing)}; it is damaged, "
-                              "rerun the training run to write it again.")
-    if int(payload["version"]) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {payload['version']} is newer than this package reads "
-                              f"({CHECKPOINT_VERSION}); upgrade mmrec-rearm.")
+    payload = _load_weights_only(path)
+    problems = checkpoint_format.problems(payload, kind)
+    if problems:
+        raise CheckpointError(f"{path}: {'; '.join(problems)}. Give a file from <results>/<dataset>/checkpoints/ "
+                              "(rerun the training run to write it again if it is damaged).")
     return payload
+
+
+def _load_weights_only(path: Path) -> Any:
+    import torch
+
+    if "weights_only" not in inspect.signature(torch.load).parameters:
+        raise CheckpointError(f"{path}: torch {torch.__version__} cannot load a file as plain data "
+                              "(torch.load has no weights_only), and loading it any other way could run code "
+                              "stored in it; install torch >= 1.13 to read checkpoints.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the file is not one we can read safely
+        raise CheckpointError(
+            f"{path}: not a checkpoint mmrec-rearm can read ({_reason(exc)}). Checkpoints are read as weights and "
+            "plain values only, never by running code stored in the file; a file that needs more was not "
+            "written by mmrec-rearm, or is damaged.") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a failed load, without torch's advice to load the file unsafely."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if "weights_only" in first:
+        first = ""
+    first = first.split(". ")[0][:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 @dataclass
@@ -103,12 +127,14 @@ class LoadedModel:
 
 
 def rebuild_model(checkpoint: Union[PathLike, Dict[str, Any]], *, data_dir: Optional[PathLike] = None,
-                  device: str = "cpu", cache_dir: Any = None) -> LoadedModel:
+                  device: str = "cpu", cache_dir: Any = None, allow_other_data: bool = False) -> LoadedModel:
     """The model of ``checkpoint`` (a path or a loaded payload) with its weights, in eval mode.
 
     data_dir: the dataset folder when it moved since training (default: the stored one). cache_dir:
     graph cache folder, ``False`` for none (default: the stored configuration's ``rearm_cache_dir``).
-    The user and item counts of the dataset must match the checkpoint's.
+    The dataset must be the one the model was trained on: same user and item counts, and the same
+    data fingerprint (training interactions, features, ids). ``allow_other_data=True`` uses another
+    dataset of the same counts anyway, with a logged warning naming both fingerprints.
     """
     import importlib
 
@@ -121,8 +147,8 @@ def rebuild_model(checkpoint: Union[PathLike, Dict[str, Any]], *, data_dir: Opti
         raise CheckpointError(f"{where}: model '{name}' cannot be rebuilt here; only {', '.join(REBUILDABLE)}.")
     folder = Path(data_dir if data_dir is not None else payload["dataset_folder"]).resolve()
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: dataset folder of the checkpoint not found; pass data_dir= "
-                           "(--data-dir) with the folder holding its .inter and feature files.")
+        raise DatasetError(f"{folder}: dataset folder of the checkpoint not found; pass data_dir= (--data-dir) "
+                           "with the folder holding its .inter and feature files.")
     config = _MMRecLikeConfig(payload["config"])
     splits = read_splits(folder, config.get("inter_file_name") or f"{config.get('dataset')}.inter")
     expected = (int(payload.get("n_users") or splits.n_users), int(payload.get("n_items") or splits.n_items))
@@ -138,6 +164,7 @@ def rebuild_model(checkpoint: Union[PathLike, Dict[str, Any]], *, data_dir: Opti
     loader = ArrayDataLoader(coo.row, coo.col, splits.n_users, splits.n_items)
     module, cls = REBUILDABLE[name]
     model = getattr(importlib.import_module(module), cls)(config, loader)
+    _check_same_data(payload, getattr(model, "data_fingerprint", None), folder, where, allow_other_data)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
@@ -146,6 +173,26 @@ def rebuild_model(checkpoint: Union[PathLike, Dict[str, Any]], *, data_dir: Opti
     model.eval()
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return LoadedModel(model, info, folder, splits)
+
+
+def _check_same_data(payload: Dict[str, Any], found: Optional[str], folder: Path, where: str,
+                     allow_other_data: bool) -> None:
+    """Refuse (or, allowed, warn about) a dataset whose fingerprint is not the checkpoint's."""
+    stored = payload.get("data_fingerprint")
+    trained = payload.get("dataset_folder")
+    if stored is not None and stored == found:
+        return
+    if stored is None:
+        problem = (f"the checkpoint {where} records no data fingerprint (written by an older mmrec-rearm), so "
+                   f"{folder} cannot be checked to be the data it was trained on ({trained})")
+    else:
+        problem = (f"{folder} (data fingerprint {str(found)[:16]}) is not the data the checkpoint {where} was "
+                   f"trained on ({trained}, fingerprint {stored[:16]}): its training interactions, item "
+                   "features or ids differ, so its user and item ids would not mean the same people and items")
+    if not allow_other_data:
+        raise DatasetError(f"{problem}. Pass the dataset it was trained on (--data-dir), or --allow-other-data "
+                           "(allow_other_data=True) to use this one anyway.")
+    logger.warning("%s; using it anyway (--allow-other-data).", problem)
 
 
 def scores(model: Any, users: np.ndarray, batch_size: int = 1024) -> np.ndarray:

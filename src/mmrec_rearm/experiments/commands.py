@@ -127,6 +127,9 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
 
     _add_extra_subcommands(subparsers)
     _add_tune_subcommand(subparsers)
+    from .run_command import add_run_subcommand
+
+    add_run_subcommand(subparsers)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,7 +195,8 @@ def run_heatmap(args: argparse.Namespace) -> int:
         raise ConfigError("heatmap: give both --after FILE and --before FILE, or -d DATASET to take them from "
                           "the results store.")
     result = heatmap(after, before, out, users=args.users, items=args.items, n_users=args.n_users,
-                     n_items=args.n_items, seed=args.sample_seed, data_dir=args.data_dir, plot=not args.no_plot)
+                     n_items=args.n_items, seed=args.sample_seed, data_dir=args.data_dir, plot=not args.no_plot,
+                     allow_other_data=args.allow_other_data)
     print(f"compared {after} (after) with {before} (before)")
     print(f"wrote {', '.join(str(p) for p in result.files.values())}")
     return 0
@@ -203,12 +207,16 @@ def run_recommend(args: argparse.Namespace) -> int:
 
     users = args.users if args.users else read_users_file(args.users_file)
     rows = recommend(args.checkpoint, users, top_k=args.top_k, out_csv=args.out, data_dir=args.data_dir,
-                     exclude_train=not args.include_train)
+                     exclude_train=not args.include_train, allow_other_data=args.allow_other_data)
     if args.out:
         print(f"wrote {len(rows)} rows to {args.out}")
     else:
         sys.stdout.write(recommendations_csv(rows))
     return 0
+
+
+_OTHER_DATA_HELP = ("use a dataset whose data fingerprint differs from the one the checkpoint was trained on "
+                    "(refused otherwise: same counts but other interactions, features or ids), with a warning")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -275,6 +283,7 @@ def _add_extra_subcommands(subparsers: "argparse._SubParsersAction") -> None:
                                  "the numbers go to the same name with .csv")
     h.add_argument("--data-dir", help="dataset folder, when it moved since training")
     h.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
+    h.add_argument("--allow-other-data", action="store_true", help=_OTHER_DATA_HELP)
     h.set_defaults(handler=run_heatmap)
 
     r = subparsers.add_parser(
@@ -289,6 +298,7 @@ def _add_extra_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     r.add_argument("--out", metavar="CSV", help="output CSV (default: standard output)")
     r.add_argument("--data-dir", help="dataset folder, when it moved since training")
     r.add_argument("--include-train", action="store_true", help="do not exclude the users' training items")
+    r.add_argument("--allow-other-data", action="store_true", help=_OTHER_DATA_HELP)
     r.set_defaults(handler=run_recommend)
 
 

@@ -10,26 +10,21 @@ Configurations are chosen on validation (:mod:`.stats`), results rendered by :mo
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from ..errors import ConfigError, DatasetError
-from .datasets import detect_feature_files, write_dataset_yaml
-from .mmrec_config import (check_model, dataset_folder, dataset_yaml_path, merged_config, mmrec_src,
-                           uses_user_graph)
+from ..atomic import write_text
+from .mmrec_config import check_model, mmrec_src
 from .parallel import make_slots
 from .plan import Plan, build_plan, seed_list
-from .runqueue import (MAX_IDENTICAL_CRASHES, Progress, QueuedRun, RunFunction, make_start,  # noqa: F401
-                       run_queue)
-from .stats import ModelSummary, PairedComparison, comparisons, summarise
-from .store import RunStore
+from .prepare import (check_features, check_python, ensure_dataset, git_commit, prepare_user_graph, prepared_store,
+                      user_path)
+from .runqueue import Progress, QueuedRun, RunFunction, make_start, run_queue
+from .stats import ModelSummary, PairedComparison, capped_note, comparisons, summarise
 from .tables import comparisons_csv, report_markdown, table2_csv, table2_markdown
-from .user_graph import DEFAULT_NEIGHBOURS, make_user_graph_dict
+from .user_graph import DEFAULT_NEIGHBOURS
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -44,105 +39,6 @@ class CompareReport:
     skipped: int
     failed: int
     files: Dict[str, Path] = field(default_factory=dict)
-
-
-def _git_commit(folder: Path) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
-def stage_dataset(data_dir: Path, staging_root: Path, dataset: str) -> Path:
-    """``<staging_root>/<dataset>/`` with a symbolic link to every entry of ``data_dir``.
-
-    MMRec models write caches (``mm_adj_*.pt``) and DRAGON needs ``user_graph_dict.npy`` in the
-    dataset folder; staging keeps those out of a shared or read-only data folder. Hidden entries
-    (``.rearm_cache`` of an earlier direct run, ``.mmrec-rearm``) are not linked: a link would send
-    the writes of the staged runs back into the source folder.
-    """
-    if not data_dir.is_dir():
-        raise DatasetError(f"{data_dir}: dataset folder not found; pass the folder holding the .inter file.")
-    staged = staging_root / dataset
-    staged.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(data_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        link = staged / entry.name
-        if link.is_symlink() and os.path.realpath(link) == str(entry.resolve()):
-            continue
-        if link.is_symlink() or link.is_file():
-            link.unlink()
-        elif link.exists():
-            continue  # a folder of the same name made earlier: leave it alone
-        try:
-            link.symlink_to(entry.resolve())
-        except OSError:  # file systems without symbolic links
-            if entry.is_file():
-                shutil.copy2(entry, link)
-    return staged
-
-
-def user_path(path: PathLike) -> Path:
-    """``path`` made absolute against the current working directory (the user's, not MMRec's
-    ``src/`` where the runs start); ``~`` is expanded and symbolic links are kept as given."""
-    return Path(os.path.abspath(os.path.expanduser(str(path))))
-
-
-def _ensure_dataset(src: Path, dataset: str, data_dir: Optional[Path], results_root: Path,
-                    write_yaml: bool, progress: Progress) -> tuple:
-    """(dataset folder as MMRec will see it, extra unhashed config for every run)."""
-    extra: Dict[str, Any] = {}
-    if data_dir is not None:
-        staged = stage_dataset(data_dir, results_root / "data", dataset)
-        extra["data_path"] = str(staged.parent) + os.sep
-    base = merged_config(src, "__none__", dataset)
-    folder = dataset_folder(src, {"data_path": extra.get("data_path") or base.get("data_path")}, dataset)
-    if not dataset_yaml_path(src, dataset).is_file():
-        if not folder.is_dir():
-            raise DatasetError(f"{folder}: dataset folder not found and MMRec has no "
-                               f"{dataset_yaml_path(src, dataset)}; pass data_dir= (--data-dir) or put the "
-                               "data where MMRec's data_path points.")
-        if write_yaml:
-            vision, text, note = detect_feature_files(folder)
-            path = write_dataset_yaml(src, dataset, vision_feature_file=vision, text_feature_file=text, note=note)
-            progress(f"wrote {path} (marked as ours){': ' + note if note else ''}")
-    return folder, extra
-
-
-def _prepare_user_graph(src: Path, folder: Path, dataset: str, models: Sequence[str], k: int,
-                        progress: Progress) -> Dict[str, Any]:
-    """Build the user graph file DRAGON/DualGNN read, if missing -> extra config for every run.
-
-    MMRec's own dataset YAMLs name the file (``user_graph_dict_file``); a YAML without the key
-    makes those models fail on ``os.path.join(..., None)``, so the key is then passed to the runs."""
-    needing = [m for m in models if uses_user_graph(src, m)]
-    if not needing:
-        return {}
-    config = merged_config(src, needing[0], dataset)
-    extra: Dict[str, Any] = {}
-    name = config.get("user_graph_dict_file")
-    if not name:
-        name = "user_graph_dict.npy"
-        extra["user_graph_dict_file"] = name
-        progress(f"{dataset_yaml_path(src, dataset)} has no user_graph_dict_file, which "
-                 f"{', '.join(needing)} read; passing user_graph_dict_file={name} to the runs")
-    name = str(name)
-    target = folder / name
-    if target.exists():
-        return extra
-    if not os.access(folder, os.W_OK):
-        raise DatasetError(f"{folder}: {', '.join(needing)} need {name} here but the folder is read-only; "
-                           "pass data_dir= (--data-dir) to work on a staged copy.")
-    started = time.time()
-    make_user_graph_dict(folder, k=k, inter_file=str(config.get("inter_file_name") or f"{dataset}.inter"),
-                         file_name=name)
-    progress(f"built {target} for {', '.join(needing)} in {time.time() - started:.1f} s")
-    return extra
 
 
 def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Union[int, Sequence[int]] = 1,
@@ -178,14 +74,15 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
     models = list(models)
     for model in models:
         check_model(src, model)
-    if run_fn is None and execute and shutil.which(python) is None and not Path(python).is_file():
-        raise ConfigError(f"python={python!r}: interpreter not found; give the Python that has MMRec's requirements.")
+    if run_fn is None and execute:
+        check_python(python)
     seed_values = seed_list(seeds)
     # the runs start in MMRec's src/: every path the user gave is made absolute here, in their folder
     results_dir = user_path(results_dir)
     results_root = results_dir / dataset
-    folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
-                                    results_root, write_yaml=execute, progress=say)
+    store = prepared_store(results_dir, dataset, progress)
+    folder, extra = ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
+                                   results_root, write_yaml=execute, progress=say)
     slots = make_slots(jobs, devices)
     tuned, tuned_notes = [], []
     if from_tune is not None:
@@ -198,10 +95,12 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
     plan = build_plan(src, dataset, models, seed_values, epochs, overrides, extra_overrides=tuned)
     for warning in plan.warnings:
         say(f"warning: {warning}")
-    store = RunStore(results_dir, dataset)
+    if execute and run_fn is None:
+        for model in models:  # before the first run: a model without its features fails every run
+            check_features(src, dataset, folder, model, plan.configs[model][0] if plan.configs[model] else {})
     with store.exclusive():
         if execute:
-            extra.update(_prepare_user_graph(src, folder, dataset, models, user_graph_k, say))
+            extra.update(prepare_user_graph(src, folder, dataset, models, user_graph_k, say))
         latest = store.latest()
         total = len(plan.runs)
         done = sum(1 for s in plan.runs if latest.get(s.key, {}).get("status") == "ok")
@@ -211,14 +110,14 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
                  for spec in plan.runs]
         executed, skipped, failed = run_queue(
             queue, dataset, store, latest, say, execute=execute, retry_failed=retry_failed, slots=slots,
-            start=make_start(src, python, results_root / "logs", extra, save_model=save_model,
+            start=make_start(src, python, results_root, extra, save_model=save_model,
                              timeout_s=timeout_s, run_fn=run_fn))
 
     records = [latest[s.key] for s in plan.runs if s.key in latest]
     summaries = summarise(records, plan.valid_metric, models)
     target_model = target if target in models else None
     rows = comparisons(summaries, target_model) if target_model else []
-    commit = _git_commit(src.parent)
+    commit = git_commit(src.parent)
     settings = (f"MMRec checkout `{src.parent}`{f' at {commit}' if commit else ''}; seeds {seed_values}; "
                 f"epochs {epochs if epochs is not None else 'from the YAML files'} (early stopping as configured); "
                 f"overrides {list(overrides) or 'none'}; "
@@ -226,14 +125,17 @@ def compare(mmrec_dir: PathLike, dataset: str, models: Sequence[str], seeds: Uni
                 + f"configuration chosen per model on validation "
                 f"{', '.join(sorted(set(plan.valid_metric.values())))} (mean over seeds); "
                 f"{len(records)} of {len(plan.runs)} planned runs have a record.")
-    results_root.mkdir(parents=True, exist_ok=True)
     files = {"table2.md": results_root / "table2.md", "table2.csv": results_root / "table2.csv"}
-    files["table2.md"].write_text(report_markdown(dataset, summaries, models, rows, target_model, settings),
-                                  encoding="utf-8")
-    files["table2.csv"].write_text(table2_csv(dataset, summaries, models, target_model), encoding="utf-8")
+    write_text(files["table2.md"], report_markdown(dataset, summaries, models, rows, target_model, settings),
+               what="Table 2")
+    write_text(files["table2.csv"], table2_csv(dataset, summaries, models, target_model), what="Table 2")
     if rows:
         files["significance.csv"] = results_root / "significance.csv"
-        files["significance.csv"].write_text(comparisons_csv(rows), encoding="utf-8")
+        write_text(files["significance.csv"], comparisons_csv(rows), what="the significance tests")
+    for model in models:
+        note = capped_note(summaries[model])
+        if note:
+            say(f"warning: {model}: {note}")
     say("")
     say(table2_markdown(dataset, summaries, models, target_model).rstrip())
     say(f"\nwrote {', '.join(str(p) for p in files.values())}")

@@ -13,16 +13,13 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import DatasetError, InstallError
+from ..errors import DatasetError
 from .mmrec_config import dataset_yaml_path, mmrec_src
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-try:  # one marker for every file we put into an MMRec checkout, so `uninstall` finds them all
-    from ..install import MARKER as _INSTALL_MARKER  # type: ignore[attr-defined]
-except Exception:  # install.py not present (yet) or named differently
-    _INSTALL_MARKER = None
-MARKER: str = _INSTALL_MARKER or "# written by mmrec-rearm install; remove with: mmrec-rearm uninstall"
+from ..atomic import write_text
+from ..install import MARKER, place_files
 
 SPLIT_FILES = (("train.npy", 0), ("valid.npy", 1), ("test.npy", 2))
 INTER_HEADER = "userID\titemID\tx_label"
@@ -82,9 +79,7 @@ def convert_official_splits(folder: PathLike, *, name: Optional[str] = None, out
             raise DatasetError(f"{target}: exists with different content; pass overwrite=True "
                                "(--overwrite) to replace it, or choose another --name.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, target)
+    write_text(target, text, what="the interaction file")
     return target
 
 
@@ -125,19 +120,13 @@ def dataset_yaml_text(name: str, *, inter_file: Optional[str] = None, vision_fea
              "TIME_FIELD: timestamp",
              "filter_out_cod_start_users: True",
              f"inter_file_name: '{inter_file or name + '.inter'}'"]
-    # a missing slot must still name some file: MMRec joins it into a path (absent file -> slot empty)
-    lines.append(f"vision_feature_file: '{vision_feature_file or 'image_feat.npy'}'")
-    lines.append(f"text_feature_file: '{text_feature_file or 'text_feat.npy'}'")
+    # MMRec joins each slot's name into a path, so an unused slot gets '' (never None): the joined path is
+    # the folder itself, no file, and the slot stays empty. A name of a file that does not exist would
+    # make REARM stop with an error naming it.
+    lines.append(f"vision_feature_file: '{vision_feature_file or ''}'")
+    lines.append(f"text_feature_file: '{text_feature_file or ''}'")
     lines += [f"user_graph_dict_file: '{user_graph_dict_file}'", 'field_separator: "\\t"']
     return "\n".join(lines) + "\n"
-
-
-def is_ours(path: PathLike) -> bool:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.readline().rstrip("\n") == MARKER
-    except OSError:
-        return False
 
 
 def write_dataset_yaml(mmrec_dir: PathLike, name: str, *, inter_file: Optional[str] = None,
@@ -145,10 +134,10 @@ def write_dataset_yaml(mmrec_dir: PathLike, name: str, *, inter_file: Optional[s
                        text_feature_file: Optional[str] = "text_feat.npy",
                        user_graph_dict_file: str = "user_graph_dict.npy", note: str = "",
                        overwrite: bool = False) -> Path:
-    """Write ``src/configs/dataset/<name>.yaml`` into an MMRec checkout, marked as ours.
+    """Write ``src/configs/dataset/<name>.yaml`` into an MMRec checkout, recorded in its install ledger.
 
-    The first line is the installer's marker, so ``mmrec-rearm uninstall`` removes it. A YAML that
-    is not ours is never touched; one of ours with different content needs ``overwrite=True``.
+    ``mmrec-rearm uninstall`` removes it while it is unchanged. A YAML that is not ours (or that the
+    user changed) is never touched; one of ours with different content needs ``overwrite=True``.
     Returns the path.
     """
     if not name or "/" in name or "\\" in name or name.startswith("."):
@@ -158,16 +147,5 @@ def write_dataset_yaml(mmrec_dir: PathLike, name: str, *, inter_file: Optional[s
     text = dataset_yaml_text(name, inter_file=inter_file, vision_feature_file=vision_feature_file,
                              text_feature_file=text_feature_file, user_graph_dict_file=user_graph_dict_file,
                              note=note)
-    if path.exists():
-        if not is_ours(path):
-            raise InstallError(f"{path}: exists and was not written by mmrec-rearm; refusing to change it. "
-                               "Edit it yourself or remove it first.")
-        if path.read_text(encoding="utf-8") == text:
-            return path
-        if not overwrite:
-            raise InstallError(f"{path}: an earlier mmrec-rearm version of this file differs from the new one; "
-                               "pass overwrite=True (--overwrite) to replace it.")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    place_files(src.parent, {path: text}, update=overwrite, report=None)
     return path

@@ -27,7 +27,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..atomic import check_writable, write_text
 from ..errors import CheckpointError, ConfigError
+from ..hints import command
 from .checkpoints import LoadedModel, Splits, rebuild_model, scores
 from .plots import new_figure, save_figure
 from .store import RunStore
@@ -164,7 +166,10 @@ def find_checkpoint_pair(results_dir: PathLike, dataset: str, seed: Optional[int
     only in ``ablation`` (``after`` vs ``before``; an absent key counts as ``none``): same
     configuration otherwise, seed and epochs. The smallest such seed unless ``seed`` is given."""
     found: Dict[Tuple[str, int, Any], Dict[str, Path]] = {}
+    checkout = "DIR"
     for record in RunStore(results_dir, dataset).latest().values():
+        if record.get("mmrec_log"):  # <checkout>/src/log/<file>: the checkout these runs used
+            checkout = str(Path(record["mmrec_log"]).parents[2])
         path = record.get("checkpoint")
         if record.get("status") != "ok" or record.get("model") != "REARM" or not path or not Path(path).is_file():
             continue
@@ -179,7 +184,8 @@ def find_checkpoint_pair(results_dir: PathLike, dataset: str, seed: Optional[int
         raise CheckpointError(
             f"{Path(results_dir) / dataset / 'runs.jsonl'}: no two REARM runs with checkpoints that differ only "
             f"in ablation {after} vs {before}{'' if seed is None else f' for seed {seed}'}; run "
-            f"`mmrec-rearm ablate --mmrec DIR -d {dataset} --variants full {before}` first, or pass both files.")
+            f"`{command('ablate', '--mmrec', checkout, '-d', dataset, '--variants', 'full', before, '--results', results_dir)}`"
+            " first, or pass both files.")
     group = pairs[0][1]
     return found[group][after], found[group][before]
 
@@ -187,22 +193,23 @@ def find_checkpoint_pair(results_dir: PathLike, dataset: str, seed: Optional[int
 def heatmap(after: PathLike, before: PathLike, out_png: PathLike = "heatmap.png", *,
             users: Optional[Sequence[int]] = None, items: Optional[Sequence[int]] = None, n_users: int = 20,
             n_items: int = 20, seed: int = 0, data_dir: Optional[PathLike] = None, cache_dir: Any = None,
-            title: Optional[str] = None, plot: bool = True) -> HeatmapResult:
+            title: Optional[str] = None, plot: bool = True, allow_other_data: bool = False) -> HeatmapResult:
     """Draw Fig. 5 from two checkpoints (``after``: the full model, ``before``: ``wo_ref``) and write
     ``out_png`` plus the same numbers as ``<out_png stem>.csv`` (plot=False: the CSV only, no
-    matplotlib needed). data_dir / cache_dir: see :func:`.checkpoints.rebuild_model`."""
+    matplotlib needed; the output folder is checked before the models are rebuilt). data_dir /
+    cache_dir / allow_other_data: see :func:`.checkpoints.rebuild_model`."""
     for name, value in (("n_users", n_users), ("n_items", n_items)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}: expected a positive integer, got {value!r}.")
-    model_after = rebuild_model(after, data_dir=data_dir, cache_dir=cache_dir)
-    model_before = rebuild_model(before, data_dir=data_dir, cache_dir=cache_dir)
+    check_writable(Path(out_png).parent, what="the heatmap files")
+    model_after = rebuild_model(after, data_dir=data_dir, cache_dir=cache_dir, allow_other_data=allow_other_data)
+    model_before = rebuild_model(before, data_dir=data_dir, cache_dir=cache_dir, allow_other_data=allow_other_data)
     chosen_users, chosen_items = sample_pairs(model_after.splits, n_users, n_items, seed, users, items)
     data = difference_data(model_after, model_before, chosen_users, chosen_items)
     out_png = Path(out_png)
     result = HeatmapResult(data)
     result.files["csv"] = out_png.with_suffix(".csv")
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    result.files["csv"].write_text(heatmap_csv(data), encoding="utf-8")
+    write_text(result.files["csv"], heatmap_csv(data), what="the heatmap CSV")
     if plot:
         result.files["png"] = plot_heatmap(data, out_png, title)
     return result

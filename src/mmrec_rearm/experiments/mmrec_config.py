@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Union
 
 import yaml
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError
+from ..hints import command
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -75,13 +76,13 @@ def available_models(src: Path) -> List[str]:
 def check_model(src: Path, model: str) -> None:
     """Raise :class:`ConfigError` unless MMRec can import ``model`` from this checkout."""
     if not (src / "models" / f"{model.lower()}.py").is_file():
-        from ..install import SHIMS
+        from ..install import MODEL_SHIMS
 
         hint = ""
-        ours = {name.upper(): name for name in SHIMS}
+        ours = {name.upper(): name for name in MODEL_SHIMS}
         if model.upper() in ours:
             hint = (f" {ours[model.upper()]} is not installed into this checkout yet: run "
-                    "`mmrec-rearm install <checkout>`.")
+                    f"`{command('install', '--mmrec', src.parent)}`.")
         known = ", ".join(available_models(src))
         raise ConfigError(
             f"{src / 'models' / (model.lower() + '.py')}: model '{model}' not found in this MMRec checkout "
@@ -135,16 +136,6 @@ def dataset_folder(src: Path, config: dict, dataset: str) -> Path:
 
 def dataset_yaml_path(src: Path, dataset: str) -> Path:
     return src / "configs" / "dataset" / f"{dataset}.yaml"
-
-
-def require_dataset_yaml(src: Path, dataset: str) -> None:
-    path = dataset_yaml_path(src, dataset)
-    if not path.is_file():
-        raise DatasetError(
-            f"{path}: MMRec has no configuration for dataset '{dataset}'; write one with "
-            "`mmrec-rearm compare --data-dir <folder>` (writes it automatically) or "
-            "mmrec_rearm.experiments.write_dataset_yaml()."
-        )
 
 
 def uses_user_graph(src: Path, model: str) -> bool:

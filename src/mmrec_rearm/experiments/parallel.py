@@ -12,21 +12,19 @@ One slot with no device (the default) changes nothing: the runs see the environm
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ..errors import ConfigError
+from ..processes import sigterm_as_interrupt
+from .prepare import device_settings
 
 #: Variables that size the thread pools of torch (OpenMP, MKL) and of numpy/scipy's BLAS.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-_DEVICE = re.compile(r"^(cpu|cuda:(\d+))$")
 
 
 #: Seconds between two run starts when runs go in parallel: MMRec names its log file after the model,
@@ -96,28 +94,28 @@ def thread_budget(environ: Optional[Dict[str, str]] = None) -> int:
     return value if value > 0 else available_cores()
 
 
+def thread_env(threads: int) -> Dict[str, str]:
+    """The environment that gives a run's subprocess ``threads`` threads (torch's OpenMP, MKL, BLAS)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"--threads {threads!r}: expected a positive number of threads.")
+    return {name: str(threads) for name in THREAD_VARIABLES}
+
+
 def parse_devices(devices: Union[str, Sequence[str], None]) -> List[str]:
-    """``"cuda:0,cuda:1"`` or ``["cuda:0", "cuda:1"]`` -> ``["cuda:0", "cuda:1"]``; ``cpu`` is a device too."""
+    """``"cuda:0,cuda:1"`` or ``["cuda:0", "cuda:1"]`` -> ``["cuda:0", "cuda:1"]``; ``cpu`` is a device
+    too. Each item is checked by :func:`.prepare.device_settings`, the one parser of device names."""
     if devices is None:
         return []
     items = devices.split(",") if isinstance(devices, str) else [p for d in devices for p in str(d).split(",")]
     out = [item.strip() for item in items if item.strip()]
     for item in out:
-        if not _DEVICE.match(item):
-            raise ConfigError(f"--devices {item!r}: expected cpu or cuda:N (e.g. cuda:0,cuda:1).")
+        try:
+            device_settings(item)
+        except ConfigError:
+            raise ConfigError(f"--devices {item!r}: expected cpu or cuda:N (e.g. cuda:0,cuda:1).") from None
     if not out:
         raise ConfigError("--devices: the list of devices is empty; give e.g. cuda:0,cuda:1.")
     return out
-
-
-def device_config(device: str) -> Dict[str, Any]:
-    """MMRec settings that put a run on ``device`` (MMRec maps ``gpu_id`` to CUDA_VISIBLE_DEVICES)."""
-    found = _DEVICE.match(device)
-    if not found:
-        raise ConfigError(f"device {device!r}: expected cpu or cuda:N.")
-    if found.group(2) is None:
-        return {"use_gpu": False}
-    return {"use_gpu": True, "gpu_id": int(found.group(2))}
 
 
 def make_slots(jobs: Optional[int] = None, devices: Union[str, Sequence[str], None] = None,
@@ -136,30 +134,11 @@ def make_slots(jobs: Optional[int] = None, devices: Union[str, Sequence[str], No
     each = max(1, (threads or thread_budget()) // jobs)
     slots = []
     for index in range(jobs):
-        env = {name: str(each) for name in THREAD_VARIABLES} if jobs > 1 else {}
+        env = thread_env(each) if jobs > 1 else {}
         device = names[index % len(names)] if names else None
         label = f"job {index + 1}/{jobs}" + (f" {device}" if device else f", {each} thread{'s' * (each > 1)}")
-        slots.append(Slot(index, label, env, device_config(device) if device else {}, shared))
+        slots.append(Slot(index, label, env, device_settings(device) if device else {}, shared))
     return slots
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (``kill``, a scheduler ending or preempting a job) raises
-    KeyboardInterrupt like Ctrl-C, so the runs in flight are killed and left unrecorded instead of
-    training on as orphans. Only from the main thread (the one Python delivers signals to)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_threads(targets: Sequence[Callable[[], None]], on_interrupt: Callable[[], None], name: str) -> None:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Tuple, Union
 
+from ..atomic import atomic_open
 from ..errors import PlotDependencyError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -31,14 +32,9 @@ def new_figure(width: float, height: float) -> Tuple[Any, Any]:
 
 
 def save_figure(figure: Any, path: PathLike, dpi: int = 150) -> Path:
-    """Write ``figure`` as PNG to ``path`` via a temporary file and ``os.replace``."""
+    """Write ``figure`` as PNG to ``path`` atomically (:func:`mmrec_rearm.atomic.atomic_open`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        figure.savefig(temporary, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_open(path, "wb", what="the figure") as handle:
+        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
     return path

@@ -16,6 +16,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import scipy.sparse as sp
 
+from ..atomic import check_writable, write_text
 from ..errors import ConfigError
 from .checkpoints import rebuild_model, scores
 
@@ -86,16 +87,19 @@ def recommendations_csv(rows: Sequence[Row]) -> str:
 
 def recommend(checkpoint: PathLike, users: Sequence[int], top_k: int = 20, out_csv: Optional[PathLike] = None, *,
               data_dir: Optional[PathLike] = None, exclude_train: bool = True, batch_size: int = 1024,
-              cache_dir: Any = None) -> List[Row]:
+              cache_dir: Any = None, allow_other_data: bool = False) -> List[Row]:
     """Top-``top_k`` items for each of ``users`` from the model saved in ``checkpoint``.
 
-    data_dir / cache_dir: see :func:`.checkpoints.rebuild_model`. exclude_train=False keeps the
-    training items in the lists. Writes ``out_csv`` (columns user, rank, item, score; atomically)
-    when given; returns the rows either way.
+    data_dir / cache_dir / allow_other_data: see :func:`.checkpoints.rebuild_model` (a dataset that
+    is not the one the model was trained on is refused). exclude_train=False keeps the training
+    items in the lists. Writes ``out_csv`` (columns user, rank, item, score; atomically, its folder
+    checked before the model is rebuilt) when given; returns the rows either way.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k: expected a positive integer, got {top_k!r}.")
-    loaded = rebuild_model(checkpoint, data_dir=data_dir, cache_dir=cache_dir)
+    if out_csv is not None:
+        check_writable(Path(out_csv).parent, what="the recommendations CSV")
+    loaded = rebuild_model(checkpoint, data_dir=data_dir, cache_dir=cache_dir, allow_other_data=allow_other_data)
     ids = _check_users(users, loaded.splits.n_users)
     rows: List[Row] = []
     for start in range(0, len(ids), batch_size):
@@ -103,9 +107,5 @@ def recommend(checkpoint: PathLike, users: Sequence[int], top_k: int = 20, out_c
         rows += rank_items(scores(loaded.model, batch, batch_size), batch,
                            loaded.splits.train if exclude_train else None, top_k)
     if out_csv is not None:
-        target = Path(out_csv)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        temporary.write_text(recommendations_csv(rows), encoding="utf-8")
-        os.replace(temporary, target)
+        write_text(out_csv, recommendations_csv(rows), what="the recommendations CSV")
     return rows

@@ -3,313 +3,249 @@
 Started by :mod:`mmrec_rearm.experiments.launch` as ``python <this file> SPEC.json`` with the
 working directory set to MMRec's ``src`` (MMRec reads ``configs/`` and imports ``utils``,
 ``models`` and ``common`` relative to it). It is run by path, not with ``-m``, and imports only
-the standard library and MMRec, so a Python that has MMRec's requirements but not our package
-can still run the baselines.
+the standard library, MMRec and its sibling ``runner_*.py`` files (loaded by path), so a Python
+that has MMRec's requirements but not our package can still run the baselines.
 
 How results are captured, and why: ``quick_start`` returns nothing and only logs text.
 Before calling it, this process points the name ``get_trainer`` inside the imported
 ``utils.quick_start`` module (in memory only) at a function returning a subclass of MMRec's
-``Trainer`` that (a) keeps the ``(best_valid_score, best_valid_result, best_test_upon_valid)``
-returned by ``fit`` and (b) watches MMRec's log records for per-epoch progress. ``quick_start``
-itself runs unchanged, MMRec's ``Trainer`` class is untouched, and no file of the checkout is
-modified. If the subclass was not used (a future MMRec that builds its trainer differently) the
-final "best valid result" / "test result" lines of MMRec's log file are parsed instead; the
-record says which source was used. (MMRec's evaluator rounds metrics to 4 decimals either way.)
+``Trainer``. Its hooks around ``fit``, ``_train_epoch`` and ``_valid_epoch`` only observe: they
+keep what ``fit`` returns, ``(best_valid_score, best_valid_result, best_test_upon_valid)``, report
+progress inside and after every epoch (:mod:`.runner_events`), save the training state after
+every epoch and restore it when an interrupted run is resumed (:mod:`.runner_state`).
+``quick_start`` itself runs unchanged, MMRec's ``Trainer`` class is untouched, and no file of the
+checkout is modified. If the subclass was not used (a future MMRec that builds its trainer
+differently) the final "best valid result" / "test result" lines of MMRec's log file are parsed
+instead; the record says which source was used. (MMRec's evaluator rounds metrics to 4 decimals
+either way.)
 
 The spec (JSON): ``model``, ``dataset``, ``config_dict`` (passed to quick_start as is),
 ``save_model`` (bool), ``result_path`` (where the result JSON is written, atomically), and
-optionally ``checkpoint_path`` (see below).
+optionally ``run_key``, ``state_path`` (the training state file; none: no states), ``resume``
+(default true: continue from a matching state) and ``checkpoint_path`` (see below).
 Progress lines on stdout start with ``@@mmrec-rearm `` followed by one JSON object.
 
-Host fixes (:mod:`.host_fixes`): on a CPU-only host, DRAGON and DualGNN keep a CPU-registered
+Resuming: the training state is saved when the next epoch begins (just before MMRec calls the
+model's ``pre_epoch_processing``: the moment at which everything of the finished epoch, early
+stopping and the learning-rate step included, is done and nothing of the next has drawn a random
+number) and once more when ``fit`` ends. A resumed run restores it and sets MMRec's own
+``Trainer.start_epoch``; a state of a run whose loop had ended gives its results without training.
+
+Host fixes (:mod:`.runner_fixes`): on a CPU-only host, DRAGON and DualGNN keep a CPU-registered
 Parameter that breaks their first ``forward()``, LATTICE, GRCN and MGCN call ``.cuda()``
 unconditionally, and SLMRec and MGCN import torch_scatter, which has no wheel for every torch.
-This process fixes each in memory only (no file of the checkout changes) and the record lists what
-was applied under ``host_fixes``. Set ``MMREC_REARM_HOST_FIXES=0`` to run the models exactly as
-MMRec ships them.
+This process fixes each in memory only and the record lists what was applied under
+``host_fixes``; ``MMREC_REARM_HOST_FIXES=0`` runs the models exactly as MMRec ships them.
 
-Checkpoints (MMRec ignores ``saved``): for the models in :data:`CHECKPOINT_MODELS` the recording
-trainer also writes the best-on-validation weights, each time MMRec's early stopping records a new
-best validation score, to ``<results>/<dataset>/checkpoints/<run key>.pt`` (derived from
-``result_path``, which :mod:`.launch` puts in ``<results>/<dataset>/logs/``; an explicit
-``checkpoint_path`` in the spec wins, an empty one disables it, and so does the environment
-variable ``MMREC_REARM_CHECKPOINTS=0``). The file is written with ``torch.save`` to a temporary
-name and moved into place with ``os.replace``, so it is always either the previous best or the new
-one. Contents: :func:`checkpoint_payload`.
+Best-validation checkpoints (REARM; MMRec ignores ``saved``): :mod:`.runner_checkpoint`; they and
+the training states are two kinds of the one file format, :mod:`.checkpoint_format`, written
+through :mod:`mmrec_rearm.atomic`.
+
+This file imports only the standard library and MMRec at module level; its helpers are
+standard-library-only files loaded by path when it runs by path. The launcher starts it with
+:func:`mmrec_rearm.processes.start`, so it dies with the command that started it. Ctrl-C (or SIGINT
+from the parent) ends it with exit status 130 and no result: an interrupted run is not a result,
+and its training state lets the next launch continue it.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
-import logging
-import math
 import os
 import platform
-import re
 import sys
 import time
 import traceback
 
-try:
-    from . import host_fixes
-except ImportError:  # run by path (see above): the module lies beside this file, first on sys.path
-    import host_fixes  # type: ignore[no-redef]
-unregister_cpu_parameters = host_fixes.unregister_cpu_parameters  # importable from here as before
-
-PROGRESS_PREFIX = "@@mmrec-rearm "
-
-#: Models whose best-on-validation weights are saved by default (MMRec model names).
-CHECKPOINT_MODELS = ("REARM",)
-#: ``format`` / ``version`` fields of a checkpoint file (read back by :mod:`.checkpoints`).
-CHECKPOINT_FORMAT = "mmrec-rearm-checkpoint"
-CHECKPOINT_VERSION = 1
-#: Set to 0 / false / no to save no checkpoint at all (the spec cannot carry it from compare).
-CHECKPOINT_ENV = "MMREC_REARM_CHECKPOINTS"
-_RESULT_SUFFIX = ".result.json"
-
-_EVAL_LINE = re.compile(r"epoch (\d+) evaluating \[time: ([0-9.]+)s, valid_score: ([-+0-9.eEnaif]+)\]")
-_TRAIN_LINE = re.compile(r"training \[time: ([0-9.]+)s")
-_LOSS_VALUE = re.compile(r"train(?:_| )loss\d*: ([-+0-9.eEnaif]+)")
-_NAN_LINE = re.compile(r"Loss is nan at epoch: (\d+)")
-_METRIC_PAIR = re.compile(r"([A-Za-z]+@\d+): ([-+0-9.eE]+)")
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def emit(event: dict) -> None:
-    sys.stdout.write(PROGRESS_PREFIX + json.dumps(event, default=str) + "\n")
-    sys.stdout.flush()
+def _sibling(name: str, package: str = "experiments"):
+    """Our standard-library-only module ``name`` (in ``experiments/``, or ``package=""`` for the
+    package root): imported normally inside the package, loaded by path (under a private name, so it
+    can shadow nothing of MMRec's) when run as a script. The runner_* files import their siblings
+    under those private names, so the order below matters."""
+    if __package__:
+        return importlib.import_module(f"{__package__}.{name}" if package else f"{__package__.rsplit('.', 1)[0]}.{name}")
+    private = f"_mmrec_rearm_{name}"
+    if private not in sys.modules:
+        folder = _HERE if package else os.path.dirname(_HERE)
+        spec = importlib.util.spec_from_file_location(private, os.path.join(folder, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[private] = module
+        spec.loader.exec_module(module)
+    return sys.modules[private]
 
 
-def _number(text: str):
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+atomic = _sibling("atomic", package="")
+checkpoint_format = _sibling("checkpoint_format")
+_events = _sibling("runner_events")
+_state = _sibling("runner_state")
+_fixes = _sibling("runner_fixes")
+_checkpoint = _sibling("runner_checkpoint")
+
+PROGRESS_PREFIX = _events.PROGRESS_PREFIX
+emit = _events.emit
+parse_final_lines = _events.parse_final_lines
+CPU_PARAMETER_FIXES = _fixes.CPU_PARAMETER_FIXES
+HOST_FIXES_ENV = _fixes.HOST_FIXES_ENV
+unregister_cpu_parameters = _fixes.unregister_cpu_parameters
+env_off = _fixes.env_off
+CHECKPOINT_MODELS = _checkpoint.CHECKPOINT_MODELS
+CHECKPOINT_ENV = _checkpoint.CHECKPOINT_ENV
+checkpoint_target = _checkpoint.checkpoint_target
+checkpoint_payload = _checkpoint.checkpoint_payload
+save_checkpoint = _checkpoint.save_checkpoint
 
 
-def _plain_metrics(result) -> dict:
-    return {str(k): float(v) for k, v in dict(result or {}).items()}
+class _Session:
+    """What the recording trainer does around MMRec's ``fit`` loop: the per-epoch events and
+    history (:class:`.runner_events.EpochRecorder`), the training state after every epoch and the
+    resume from it (:mod:`.runner_state`), and the best-validation checkpoint
+    (:class:`.runner_checkpoint.BestKeeper`)."""
 
+    def __init__(self, spec: dict, started: float):
+        self.recorder = _events.EpochRecorder(started)
+        self.keeper = _checkpoint.BestKeeper(*checkpoint_target(spec))
+        self.state_path = str(spec.get("state_path") or "") or None
+        self.resume = bool(spec.get("resume", True))
+        self.run_key = str(spec.get("run_key") or "")
+        self.digest = _state.config_digest(spec.get("config_dict") or {})
+        self.signature = ""
+        self.data = (None, None, None)   # train, valid, test loaders as fit received them
+        self.resumed_from = None
+        self.first_epoch = self.next_epoch = 0
+        self.epoch_began = None
+        self._valid = None
+        self.device = None
 
-class _Watcher(logging.Handler):
-    """Turns MMRec's per-epoch log records into progress events and a history list."""
+    # -- fit ------------------------------------------------------------------------------------
+    def before_fit(self, trainer, train_data, valid_data, test_data) -> None:
+        self.data = (train_data, valid_data, test_data)
+        self.keeper.test_data = test_data
+        self.recorder.epochs = getattr(trainer, "epochs", None)
+        if self.state_path and not (all(hasattr(trainer, name) for name in ("optimizer", "start_epoch"))
+                                    and callable(getattr(trainer.model, "pre_epoch_processing", None))):
+            self.state_path = None  # not MMRec's Trainer and model: no states
+        if self.state_path:
+            self.signature = _state.data_signature(train_data)
+            if self.resume and os.path.exists(self.state_path):
+                self._resume(trainer, train_data)
+        if self.resumed_from is None and self.keeper.path and os.path.exists(self.keeper.path):
+            os.unlink(self.keeper.path)  # left by an earlier, failed attempt of this run
+        self.first_epoch = self.next_epoch = int(getattr(trainer, "start_epoch", 0) or 0)
+        if self.state_path:
+            original = trainer.model.pre_epoch_processing
 
-    def __init__(self, started: float):
-        super().__init__(level=logging.INFO)
-        self.started = started
-        self.trainer = None
-        self.history = []
-        self.best_epoch = None
-        self.nan_epoch = None
-        self._loss = None
-        self._train_s = None
-        # seconds of the last _train_epoch as timed by the recording trainer: MMRec's log line has
-        # no time for models whose loss is a tuple (its formatter overwrites the time prefix)
-        self.timed_train_s = None
+            def pre_epoch_processing(*args, **kwargs):
+                self.epoch_boundary(trainer)
+                return original(*args, **kwargs)
+            trainer.model.pre_epoch_processing = pre_epoch_processing  # this instance only
+        emit({"event": "start", "mmrec_log": _events.log_file(), "device": self.device,
+              "epochs": self.recorder.epochs, "resumed_from": self.resumed_from, "state_path": self.state_path})
 
-    def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
+    def _resume(self, trainer, train_data) -> None:
         try:
-            self._consume(record.getMessage())
-        except Exception:  # progress must never break a run
-            pass
-
-    def _consume(self, message: str) -> None:
-        train = _TRAIN_LINE.search(message)
-        losses = _LOSS_VALUE.findall(message)
-        if train or losses:
-            self._train_s = float(train.group(1)) if train else self.timed_train_s
-            values = [_number(v) for v in losses]
-            self._loss = sum(values) if values and None not in values else None
-            return
-        nan = _NAN_LINE.search(message)
-        if nan:
-            self.nan_epoch = int(nan.group(1))
-            return
-        found = _EVAL_LINE.search(message)
-        if not found:
-            return
-        epoch = int(found.group(1))
-        score = _number(found.group(3))
-        # MMRec's early_stopping has already run when this line is logged: cur_step is 0 exactly
-        # when this epoch became the best one.
-        if self.trainer is not None and getattr(self.trainer, "cur_step", None) == 0:
-            self.best_epoch = epoch
-        best = getattr(self.trainer, "best_valid_score", None)
-        entry = {"epoch": epoch, "loss": self._loss, "train_s": self._train_s,
-                 "eval_s": float(found.group(2)), "valid_score": score}
-        self.history.append(entry)
-        emit({"event": "epoch", **entry, "best_epoch": self.best_epoch,
-              "best_score": float(best) if best is not None and best != -1 else None,
-              "elapsed": round(time.time() - self.started, 2)})
-
-
-def _missing_package(exc: BaseException):
-    """Name of the first module that could not be imported in the exception chain, or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ModuleNotFoundError) and exc.name:
-            return exc.name.split(".")[0]
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _log_file():
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            return handler.baseFilename
-    return None
-
-
-def parse_final_lines(text: str):
-    """(valid, test) metric dicts from the last "best valid result:" line of an MMRec log and the
-    first single-line "test result:" after it; (None, None) when absent. Values have 4 decimals."""
-    lines = text.splitlines()
-    for index in range(len(lines) - 1, -1, -1):
-        if "best valid result: " in lines[index]:
-            valid = dict((k, float(v)) for k, v in _METRIC_PAIR.findall(lines[index].split("best valid result: ", 1)[1]))
-            for later in lines[index + 1:]:
-                if "test result: " in later:
-                    pairs = _METRIC_PAIR.findall(later.split("test result: ", 1)[1])
-                    if pairs:
-                        return valid, dict((k, float(v)) for k, v in pairs)
-            return valid, None
-    return None, None
-
-
-# ------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def checkpoint_target(spec: dict):
-    """(path, run key) of the checkpoint this run writes, or (None, None).
-
-    ``spec['checkpoint_path']`` wins when present (empty: none). Otherwise, for a model of
-    :data:`CHECKPOINT_MODELS` whose ``result_path`` is ``<root>/logs/<model>-seed<s>-<key>.result.json``
-    (the layout of :func:`mmrec_rearm.experiments.launch.launch`), ``<root>/checkpoints/<key>.pt``.
-    """
-    if host_fixes.env_off(CHECKPOINT_ENV):
-        return None, None
-    result_path = str(spec.get("result_path") or "")
-    name = os.path.basename(result_path)
-    key = name[:-len(_RESULT_SUFFIX)].rsplit("-", 1)[-1] if name.endswith(_RESULT_SUFFIX) else None
-    if "checkpoint_path" in spec:
-        return (str(spec["checkpoint_path"]), key) if spec["checkpoint_path"] else (None, None)
-    if spec.get("model") not in CHECKPOINT_MODELS or not key:
-        return None, None
-    logs = os.path.dirname(os.path.abspath(result_path))
-    if os.path.basename(logs) != "logs":
-        return None, None
-    return os.path.join(os.path.dirname(logs), "checkpoints", f"{key}.pt"), key
-
-
-def _json_plain(value):
-    """``value`` as JSON would give it back (torch.device and other objects become strings), so a
-    checkpoint loads with ``torch.load(weights_only=True)``."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def checkpoint_payload(model, config, *, epoch, valid, test, run_key=None) -> dict:
-    """Everything needed to rebuild ``model`` without MMRec's trainer, plus its weights.
-
-    ``config``: MMRec's ``Config`` (its ``final_config_dict`` is taken) or a plain mapping. When the
-    model exposes the dataset-dependent values it resolved (REARM: ``settings.preset.values``), they
-    are written into the stored configuration, so rebuilding does not depend on the dataset YAML of
-    the MMRec checkout it was trained in. Tensors whose storage is larger than themselves (row
-    blocks, views) are copied first, as ``torch.save`` would otherwise write the whole storage.
-    """
-    settings = dict(getattr(config, "final_config_dict", None) or config)
-    resolved = getattr(getattr(getattr(model, "settings", None), "preset", None), "values", None)
-    if isinstance(resolved, dict):
-        settings.update(resolved)
-    settings = _json_plain(settings)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu()
-        stored = (tensor.untyped_storage().nbytes() if hasattr(tensor, "untyped_storage")
-                  else tensor.storage().size() * tensor.element_size())  # torch < 2.0
-        if stored != tensor.numel() * tensor.element_size():
-            tensor = tensor.clone()
-        state[name] = tensor
-    folder = os.path.abspath(str(settings.get("data_path") or "") + str(settings.get("dataset") or ""))
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "model": str(settings.get("model") or type(model).__name__), "dataset": settings.get("dataset"),
-            "dataset_folder": folder, "config": settings,
-            "n_users": int(getattr(model, "n_users", 0) or 0), "n_items": int(getattr(model, "n_items", 0) or 0),
-            "epoch": epoch, "valid": _json_plain(dict(valid or {})), "test": _json_plain(dict(test or {})),
-            "valid_metric": str(settings.get("valid_metric") or "").lower() or None,
-            "run_key": run_key, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "state_dict": state}
-
-
-def save_checkpoint(path: str, payload: dict) -> None:
-    """``torch.save(payload)`` to ``path`` atomically: a temporary file in the same folder, fsynced,
-    then ``os.replace``. On any error the temporary file is removed and ``path`` is unchanged."""
-    import torch
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
-class _BestKeeper:
-    """Saves the model each time an evaluation epoch becomes the best on validation.
-
-    MMRec's ``fit`` evaluates valid then test in every evaluation epoch and runs its early stopping
-    in between; ``cur_step`` is 0 after it exactly when the epoch improved the best score. So at
-    the test evaluation of an epoch with ``cur_step == 0`` the weights, the epoch and both metric
-    dicts are those of the new best epoch.
-    """
-
-    def __init__(self, path, key):
-        self.path, self.key = path, key
-        self.test_data = None
-        self.epoch = None
-        self.valid = None
-        self.saved_epoch = None
-        self.error = None
-
-    def observe(self, trainer, data, result) -> None:
-        if self.path is None or self.test_data is None:
-            return
-        if data is not self.test_data:
-            self.valid = result
-            return
-        valid, self.valid = self.valid, None
-        if valid is None or getattr(trainer, "cur_step", None) != 0:
+            payload = _state.load(self.state_path)
+            _state.check(payload, self.state_path, run_key=self.run_key, digest=self.digest, signature=self.signature)
+        except _state.StateError as exc:
+            emit({"event": "state_ignored", "path": self.state_path, "message": f"{exc}; starting from epoch 0"})
             return
         try:
-            payload = checkpoint_payload(trainer.model, trainer.config, epoch=self.epoch, valid=valid,
-                                         test=result, run_key=self.key)
-            save_checkpoint(self.path, payload)
-        except Exception as exc:  # a failed save must not cost the training run
-            self.error = f"{type(exc).__name__}: {exc}"[:500]
-            emit({"event": "checkpoint_error", "path": self.path, "message": self.error})
+            _state.restore(trainer, train_data, payload)
+        except Exception as exc:  # the model or the optimiser changed shape: nothing to continue from
+            raise RuntimeError(f"{self.state_path}: cannot restore this training state ({type(exc).__name__}: "
+                               f"{exc}); delete the file (or run with --fresh) to start from epoch 0") from exc
+        self.recorder.load_json(payload["recorder"])
+        self.resumed_from = int(payload["epoch"])
+        trainer.start_epoch = trainer.epochs if payload["finished"] else self.resumed_from + 1
+        if self.keeper.path and os.path.exists(self.keeper.path):
+            self.keeper.saved_epoch = self.recorder.best_epoch
+
+    def epoch_boundary(self, trainer) -> None:
+        """Called as MMRec begins an epoch: the previous one is complete, so its state is saved."""
+        if self.next_epoch > self.first_epoch:
+            self.save(trainer, self.next_epoch - 1, finished=False)
+        self.next_epoch += 1
+        self.epoch_began = time.time()
+
+    def after_fit(self, trainer) -> None:
+        if self.state_path and self.next_epoch > self.first_epoch and self.recorder.history:
+            self.save(trainer, self.recorder.history[-1]["epoch"], finished=True)
+
+    def save(self, trainer, epoch: int, finished: bool) -> None:
+        try:
+            payload = _state.capture(trainer, self.data[0], epoch=epoch, finished=finished, run_key=self.run_key,
+                                     digest=self.digest, signature=self.signature,
+                                     recorder_json=self.recorder.to_json())
+            _state.save(self.state_path, payload)
+        except Exception as exc:  # a run that cannot be resumed is still worth finishing
+            message = f"training state not saved ({type(exc).__name__}: {exc}); this run cannot resume from here"
+            emit({"event": "state_error", "path": self.state_path, "epoch": epoch, "message": message[:500]})
             return
-        self.saved_epoch = self.epoch
-        emit({"event": "checkpoint", "path": self.path, "epoch": self.epoch})
+        emit({"event": "state", "epoch": epoch, "finished": finished, "path": self.state_path})
+
+    # -- epochs ---------------------------------------------------------------------------------
+    def trained(self, trainer, epoch: int, out, began: float) -> None:
+        self.keeper.epoch = epoch
+        valid_data = self.data[1]
+        step = int(getattr(trainer, "eval_step", 1) or 1)
+        self.recorder.trained(getattr(trainer, "model", None), epoch, out, time.time() - (self.epoch_began or began),
+                              evaluates=valid_data is not None and (epoch + 1) % step == 0)
+        self.epoch_began = None
+
+    def evaluated(self, trainer, eval_data, out, began: float) -> None:
+        self.keeper.observe(trainer, eval_data, out[1])
+        if eval_data is self.data[1]:
+            self._valid = (out, began)
+        elif eval_data is self.data[2] and self._valid is not None:
+            (score, valid), valid_began = self._valid
+            self._valid = None
+            self.recorder.evaluated(trainer, score, valid, time.time() - valid_began)
+
+
+def _recording_trainer(mmrec_trainer, session: _Session, captured: dict):
+    class RecordingTrainer(mmrec_trainer):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            session.device = captured["device"] = str(getattr(self, "device", ""))
+
+        def fit(self, train_data, valid_data=None, test_data=None, *args, **kwargs):
+            session.before_fit(self, train_data, valid_data, test_data)
+            out = super().fit(train_data, valid_data, test_data, *args, **kwargs)
+            captured["fit"] = out
+            session.after_fit(self)
+            return out
+
+        def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+            began = time.time()
+            out = super()._train_epoch(_events.Batches(train_data, epoch_idx), epoch_idx, *args, **kwargs)
+            session.trained(self, epoch_idx, out, began)
+            return out
+
+        def _valid_epoch(self, eval_data, *args, **kwargs):
+            began = time.time()
+            out = super()._valid_epoch(eval_data, *args, **kwargs)
+            session.evaluated(self, eval_data, out, began)
+            return out
+
+    return RecordingTrainer
 
 
 def run(spec: dict) -> dict:
     started = time.time()
     result = {"status": "failed", "host": platform.node(), "python": sys.executable}
-    watcher = _Watcher(started)
+    if spec.get("state_path") and not _state.lock(str(spec["state_path"])):
+        result.update(message=f"this run is being trained by another process right now ({spec['state_path']}.lock "
+                              "is locked); wait for it to finish", wall_s=0.0)
+        result["error"] = result["message"]
+        return result
+    session = _Session(spec, started)
+    recorder = session.recorder
     captured = {}
-    keeper = _BestKeeper(*checkpoint_target(spec))
-    if keeper.path and os.path.exists(keeper.path):
-        os.unlink(keeper.path)  # left by an earlier, failed attempt of this run
+    host_fixes = []
     try:
-        import importlib.util
-
         model = spec["model"]
         if importlib.util.find_spec(f"models.{model.lower()}") is None:
             raise RuntimeError(f"MMRec has no module models/{model.lower()}.py in {os.getcwd()}; "
@@ -317,55 +253,17 @@ def run(spec: dict) -> dict:
         import utils.quick_start as quick_start_module
         from utils.utils import get_trainer
 
-        mmrec_trainer = get_trainer()
-
-        class RecordingTrainer(mmrec_trainer):  # type: ignore[misc, valid-type]
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                watcher.trainer = self
-                root = logging.getLogger()
-                if watcher not in root.handlers:  # after MMRec's init_logger, so its own setup stands
-                    root.addHandler(watcher)
-                captured["device"] = str(getattr(self, "device", ""))
-                emit({"event": "start", "mmrec_log": _log_file(), "device": captured["device"]})
-
-            def fit(self, *args, **kwargs):
-                keeper.test_data = args[2] if len(args) > 2 else kwargs.get("test_data")
-                out = super().fit(*args, **kwargs)
-                captured["fit"] = out
-                return out
-
-            # The two hooks below only observe: the epoch index, and every evaluation's result.
-            def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
-                keeper.epoch = epoch_idx
-                began = time.time()
-                out = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
-                watcher.timed_train_s = round(time.time() - began, 2)
-                return out
-
-            def _valid_epoch(self, eval_data, *args, **kwargs):
-                out = super()._valid_epoch(eval_data, *args, **kwargs)
-                keeper.observe(self, eval_data, out[1])
-                return out
-
-        # Only quick_start's own reference to get_trainer is redirected: MMRec's Trainer class and
-        # module stay as they are (its methods name their class, e.g. super(Trainer, self)).
+        trainer_class = _recording_trainer(get_trainer(), session, captured)
+        # Only quick_start's own references are redirected: MMRec's Trainer class and module stay
+        # as they are (its methods name their class, e.g. super(Trainer, self)).
         original_get_trainer = getattr(quick_start_module, "get_trainer", None)
         if original_get_trainer is not None:
-            quick_start_module.get_trainer = lambda: RecordingTrainer
-        captured.setdefault("host_fixes", []).extend(host_fixes.apply_import_fixes(model))
+            quick_start_module.get_trainer = lambda: trainer_class
+        host_fixes.extend(_fixes.apply_import_fixes(model))
         original_get_model = getattr(quick_start_module, "get_model", None)
-        fix_names = host_fixes.CPU_PARAMETER_FIXES.get(model, ())
-        if fix_names and original_get_model is not None and not host_fixes.env_off(host_fixes.HOST_FIXES_ENV):
-            def get_model_with_cpu_fix(name):
-                model_class = original_get_model(name)
-
-                def build(*args, **kwargs):
-                    instance = model_class(*args, **kwargs)
-                    captured.setdefault("host_fixes", []).extend(unregister_cpu_parameters(instance, fix_names))
-                    return instance
-                return build
-            quick_start_module.get_model = get_model_with_cpu_fix
+        fixed_get_model = _fixes.wrap_get_model(original_get_model, model, host_fixes)
+        if fixed_get_model is not None:
+            quick_start_module.get_model = fixed_get_model
         try:
             quick_start_module.quick_start(model, spec["dataset"], dict(spec["config_dict"]),
                                            save_model=bool(spec.get("save_model")))
@@ -375,10 +273,10 @@ def run(spec: dict) -> dict:
             if original_get_model is not None:
                 quick_start_module.get_model = original_get_model
 
-        result["mmrec_log"] = _log_file()
+        result["mmrec_log"] = _events.log_file()
         if "fit" in captured:
             best_score, valid, test = captured["fit"]
-            result.update(valid=_plain_metrics(valid), test=_plain_metrics(test), result_source="trainer")
+            result.update(valid=_events.plain_metrics(valid), test=_events.plain_metrics(test), result_source="trainer")
             never_improved = best_score is None or float(best_score) == -1
         else:
             text = open(result["mmrec_log"], encoding="utf-8", errors="replace").read() if result["mmrec_log"] else ""
@@ -387,23 +285,23 @@ def run(spec: dict) -> dict:
                 raise RuntimeError("quick_start finished but neither the trainer nor the log gave a result")
             result.update(valid=valid, test=test, result_source="log")
             never_improved = False
-        result.update(best_epoch=watcher.best_epoch, epochs_run=len(watcher.history),
-                      history=watcher.history, device=captured.get("device"))
+        result.update(device=captured.get("device"))
+        keeper = session.keeper
         if keeper.saved_epoch is not None:
             result.update(checkpoint=os.path.abspath(keeper.path), checkpoint_epoch=keeper.saved_epoch)
         if keeper.error:
             result["checkpoint_error"] = keeper.error
         if never_improved:
-            when = f" (loss became NaN at epoch {watcher.nan_epoch})" if watcher.nan_epoch is not None else ""
+            when = f" (loss became NaN at epoch {recorder.nan_epoch})" if recorder.nan_epoch is not None else ""
             result["message"] = f"training never produced a validated epoch{when}; metrics are MMRec's zeros"
         else:
             result["status"] = "ok"
-            if watcher.nan_epoch is not None:
-                result["message"] = f"loss became NaN at epoch {watcher.nan_epoch}; training stopped there"
+            if recorder.nan_epoch is not None:
+                result["message"] = f"loss became NaN at epoch {recorder.nan_epoch}; training stopped there"
     except KeyboardInterrupt:
         raise  # an interrupted run is not a result: no record, the next compare redoes it
     except BaseException as exc:  # record everything else, including SystemExit from a model
-        missing = _missing_package(exc)
+        missing = _events.missing_package(exc)
         result["error"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
         result["missing_package"] = missing
         if missing:
@@ -411,21 +309,19 @@ def run(spec: dict) -> dict:
                                  f"install it into {sys.executable}")
         else:
             result["message"] = f"{type(exc).__name__}: {exc}".strip()[:500]
-        result.setdefault("mmrec_log", _log_file())
-        result.update(best_epoch=watcher.best_epoch, epochs_run=len(watcher.history), history=watcher.history)
-    if captured.get("host_fixes"):
-        result["host_fixes"] = captured["host_fixes"]
+        result.setdefault("mmrec_log", _events.log_file())
+    result.update(best_epoch=recorder.best_epoch, epochs_run=len(recorder.history), history=recorder.history,
+                  epoch_cap=recorder.epochs, stopped_early=recorder.stopped_early)
+    if session.resumed_from is not None:
+        result["resumed_from"] = session.resumed_from
+    if host_fixes:
+        result["host_fixes"] = host_fixes
     result["wall_s"] = round(time.time() - started, 3)
     return result
 
 
 def write_atomically(path: str, payload: dict) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    atomic.write_text(path, json.dumps(payload, default=str), what="the run's result")
 
 
 def main(argv=None) -> int:
@@ -436,10 +332,13 @@ def main(argv=None) -> int:
     with open(argv[0], encoding="utf-8") as handle:
         spec = json.load(handle)
     # Run by path, sys.path[0] is this file's folder; MMRec's packages live in the working directory.
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
     sys.path.insert(0, os.getcwd())
-    result = run(spec)
+    try:
+        result = run(spec)
+    except KeyboardInterrupt:  # Ctrl-C: the parent reports it in one line; an interrupted run has no result
+        sys.stderr.write("interrupted: the run was stopped and is not recorded\n")
+        return 130
     write_atomically(spec["result_path"], result)
     emit({"event": "end", "status": result["status"], "message": result.get("message")})
     return 0 if result["status"] == "ok" else 1

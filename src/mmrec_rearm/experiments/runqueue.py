@@ -13,7 +13,6 @@ Semantics, the same sequentially and in parallel:
 """
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import re
 import threading
@@ -21,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import RunsAbortedError
-from .launch import launch
+from ..errors import Interrupted, RunsAbortedError
+from .launch import StopRun, launch_run
 from .parallel import Slot, make_slots, run_threads, sigterm_as_interrupt
 from .plan import RunSpec
-from .store import SCHEMA, RunStore
+from .progress import ProgressDisplay
+from .store import RunStore, now, run_record
 
 Progress = Callable[[str], None]
-#: ``start(spec, on_event, slot) -> result dict``: runs one spec (normally through :func:`.launch.launch`).
+#: ``start(spec, on_event, slot) -> result dict``: runs one spec (normally through :func:`.launch.launch_run`).
 StartFunction = Callable[[RunSpec, Callable[[dict], None], Slot], dict]
 #: ``run_fn(spec, extra_config, on_event) -> result dict``: replaces the subprocess launch (tests).
 RunFunction = Callable[[RunSpec, Dict[str, Any], Callable[[dict], None]], dict]
@@ -48,27 +48,8 @@ class QueuedRun:
     metric: str
 
 
-def now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
 def format_config(config: dict) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in config.items()) + "}"
-
-
-def epoch_printer(progress: Progress, metric: str) -> Callable[[dict], None]:
-    def on_event(event: dict) -> None:
-        if event.get("event") == "start" and event.get("device"):
-            progress(f"    device {event['device']}, MMRec log {event.get('mmrec_log')}")
-        if event.get("event") != "epoch":
-            return
-        loss = event.get("loss")
-        best = event.get("best_score")
-        progress("    epoch {:>4}  loss {}  valid {} {}  best {} (epoch {})  elapsed {:.1f} s".format(
-            event.get("epoch"), "n/a" if loss is None else f"{loss:.4f}", metric,
-            "n/a" if event.get("valid_score") is None else f"{event['valid_score']:.4f}",
-            "n/a" if best is None else f"{best:.4f}", event.get("best_epoch"), float(event.get("elapsed") or 0)))
-    return on_event
 
 
 def result_line(record: dict, metric: str) -> str:
@@ -81,27 +62,24 @@ def result_line(record: dict, metric: str) -> str:
     return f"    FAILED after {record.get('wall_s', 0):.1f} s: {record.get('message')} (log: {record.get('log_path')})"
 
 
-def make_start(src: Path, python: str, work_dir: Path, extra: Dict[str, Any], *, save_model: bool = False,
+def make_start(src: Path, python: str, results_root: Path, extra: Dict[str, Any], *, save_model: bool = False,
                timeout_s: Optional[float] = None, run_fn: Optional[RunFunction] = None) -> StartFunction:
-    """The usual ``start``: :func:`.launch.launch` in MMRec's ``src`` with ``extra`` (unhashed settings,
-    plus the slot's device) and the slot's environment; ``run_fn`` replaces the launch (tests)."""
+    """The usual ``start``: :func:`.launch.launch_run` in MMRec's ``src`` with the results folder
+    ``results_root`` (``<results>/<dataset>``: logs, training states, checkpoints), ``extra``
+    (unhashed settings, plus the slot's device) and the slot's environment (its threads); ``run_fn``
+    replaces the launch (tests)."""
     def start(spec: RunSpec, on_event: Callable[[dict], None], slot: Slot) -> dict:
         config = {**extra, **slot.config}
         if run_fn is not None:
-            return run_fn(spec, config, on_event)
+            try:
+                return run_fn(spec, config, on_event)
+            except StopRun as stop:  # as launch does: a stop asked for by the event handler is a result
+                return {"status": "stopped", "message": str(stop) or "stopped by the caller"}
         if slot.label:  # one of several slots
             slot.running.space_start()
-        return launch(spec, src, python, work_dir, extra=config, save_model=save_model, on_event=on_event,
-                      timeout_s=timeout_s, env=slot.env, on_start=slot.running.add)
+        return launch_run(spec, src, python, results_root, extra=config, save_model=save_model, on_event=on_event,
+                          timeout_s=timeout_s, env=slot.env, on_start=slot.running.add)
     return start
-
-
-def run_record(spec: RunSpec, result: dict, metric: str, started: str) -> dict:
-    """The store line of one finished run: the runner's result plus what identifies the run."""
-    return {**result, "schema": SCHEMA, "key": spec.key, "config_id": spec.config_id, "dataset": spec.dataset,
-            "model": spec.model, "config": spec.config, "seed": spec.seed, "epochs": spec.epochs,
-            "valid_metric": metric, "status": result.get("status", "failed"), "started": started,
-            "finished": now()}
 
 
 def crash_signature(record: dict) -> Optional[str]:
@@ -154,16 +132,23 @@ def run_queue(queue: Sequence[QueuedRun], dataset: str, store: RunStore, latest:
         for index, item in state.pending():
             say(state.head(index, item) + " - not run (execute=False)")
         return state.executed, state.skipped, state.failed
-    if len(slots) == 1:
+    try:
+        if len(slots) > 1:
+            return _run_parallel(state, slots, start)
         with sigterm_as_interrupt():  # launch kills its run on the interrupt: no orphan keeps training
             for index, item in state.pending():
+                state.in_flight = [item.label]
                 say(state.head(index, item))
                 started = now()
-                result = start(item.spec, epoch_printer(say, item.metric), slots[0])
+                result = start(item.spec, ProgressDisplay(say, indent="    "), slots[0])
+                state.in_flight = []
                 if state.finish(index, item, result, started):
                     raise state.crashes.error(state.last, len(queue) - index, store.path)
         return state.executed, state.skipped, state.failed
-    return _run_parallel(state, slots, start)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise state.interrupted() from None
 
 
 class _QueueState:
@@ -177,11 +162,22 @@ class _QueueState:
         self.executed = self.skipped = self.failed = self.started = 0
         self.crashes = CrashWatch()
         self.last: Optional[dict] = None
+        self.in_flight: List[str] = []  # labels of the runs running now (for the interrupt's account)
         self._iterator = iter(enumerate(self.queue, start=1))
 
     def say(self, message: str) -> None:
         with self.lock if self.parallel else _NO_LOCK:
             self._say(message)
+
+    def interrupted(self) -> Interrupted:
+        """The one-line account of an interrupt: what was stopped, what is kept, how to go on."""
+        total = len(self.queue)
+        recorded = sum(1 for queued in self.queue if self.latest.get(queued.spec.key, {}).get("status") == "ok")
+        stopped = (f"stopped {', '.join(self.in_flight)} (not recorded). " if self.in_flight
+                   else "stopped before the next run started. ")
+        return Interrupted(
+            f"{stopped}{self.executed} run(s) finished in this session; {recorded} of {total} are done and kept "
+            f"in {self.store.path}. Run the same command again to do the remaining {total - recorded}.")
 
     def head(self, index: int, item: QueuedRun) -> str:
         return f"run {index} of {len(self.queue)}: {item.label} config {format_config(item.spec.config)}"
@@ -206,7 +202,7 @@ class _QueueState:
 
     def finish(self, index: int, item: QueuedRun, result: dict, started: str) -> bool:
         """Record one finished run; -> True when the crash rule says stop."""
-        record = run_record(item.spec, result, item.metric, started)
+        record = run_record(result, item.spec, self.dataset, item.metric, started)
         self.store.append(record)
         self.latest[item.spec.key] = record
         self.executed += 1
@@ -241,8 +237,9 @@ def _run_parallel(state: _QueueState, slots: Sequence[Slot], start: StartFunctio
                     return
                 index, item = found
                 state._say(f"{state.head(index, item)} [{slot.label}]")
+                state.in_flight.append(item.label)
             prefix = f"[{item.label}] "
-            printer = epoch_printer(lambda message: state.say(prefix + message.strip()), item.metric)
+            printer = ProgressDisplay(lambda message: state.say(prefix + message.strip()), bar=False)
             started = now()
             try:
                 result = start(item.spec, printer, slot)
@@ -256,6 +253,7 @@ def _run_parallel(state: _QueueState, slots: Sequence[Slot], start: StartFunctio
             if interrupted.is_set():
                 return  # killed by the interrupt: not a result, the next call redoes it
             with state.lock:
+                state.in_flight.remove(item.label)
                 if state.finish(index, item, result, started) and not aborted:
                     aborted.append(index)
                     stop.set()

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..atomic import check_writable, write_text
 from ..errors import ConfigError
-from .compare import Progress, RunFunction
+from .runqueue import Progress, RunFunction
 from .mmrec_config import merged_config, mmrec_src
 from .plan import RESERVED_KEYS
 from .plots import new_figure, save_figure
@@ -188,6 +189,7 @@ def sensitivity(mmrec_dir: PathLike, datasets: Sequence[str], param: str, values
                               f"'{dataset}' (names are case-sensitive, e.g. uu_co_weight, rank, n_layers).")
     values = normalise_values(param, values)
     variants = value_variants(param, values)
+    folder = Path(check_writable(Path(results_dir) / "sensitivity", what="the sensitivity CSV and plot"))
     metric = metric.lower()
     runs: Dict[str, VariantRuns] = {}
     points: List[SensitivityPoint] = []
@@ -198,10 +200,8 @@ def sensitivity(mmrec_dir: PathLike, datasets: Sequence[str], param: str, values
                                      jobs=jobs, devices=devices, progress=progress, run_fn=run_fn)
         points += points_of(dataset, runs[dataset].summaries, variants, metric)
     report = SensitivityReport(param, metric, values, points, runs)
-    folder = Path(results_dir) / "sensitivity"
-    folder.mkdir(parents=True, exist_ok=True)
     report.files["csv"] = folder / f"{param}.csv"
-    report.files["csv"].write_text(sensitivity_csv(points, param, metric), encoding="utf-8")
+    write_text(report.files["csv"], sensitivity_csv(points, param, metric), what="the sensitivity CSV")
     if plot:
         report.files["png"] = plot_sensitivity(points, param, metric, folder / f"{param}.png")
     say(f"wrote {', '.join(str(p) for p in report.files.values())}")

@@ -10,6 +10,10 @@
 * The paired test is a two-sided paired t-test (``scipy.stats.ttest_rel``) over the seeds both
   models finished, on per-seed test values of the selected configurations; with fewer than two
   common seeds there is no test ("n/a").
+* A run is **capped** when its best validation epoch lies in the last :data:`CAP_SHARE` of its
+  epoch budget (at least the last epoch) and early stopping did not end it: it was still
+  improving when the budget ran out, so its numbers understate a converged model. Tables mark
+  such models and commands warn about them (:func:`near_cap`, :func:`capped_note`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+#: A best epoch in this last share of the epoch budget counts as "at the cap".
+CAP_SHARE = 0.1
 #: Table 2's columns: (label, MMRec metric key).
 TABLE_METRICS = (("R@10", "recall@10"), ("R@20", "recall@20"), ("N@10", "ndcg@10"), ("N@20", "ndcg@20"))
 
@@ -46,6 +52,8 @@ class ConfigResult:
     best_epoch: Dict[int, Optional[int]] = field(default_factory=dict)
     wall_s: Dict[int, float] = field(default_factory=dict)
     host_fixes: Dict[int, List[str]] = field(default_factory=dict)  # seed -> runner fixes applied (runner.py)
+    cap: Dict[int, Optional[int]] = field(default_factory=dict)     # seed -> epoch budget of the run
+    capped: Dict[int, bool] = field(default_factory=dict)           # seed -> best epoch at the cap (near_cap)
 
     @property
     def seeds(self) -> List[int]:
@@ -69,6 +77,35 @@ class ModelSummary:
     configs: List[ConfigResult]
     failed: List[dict]                 # latest record of each run whose last attempt failed
     selected: Optional[ConfigResult]
+
+
+def epoch_cap(record: dict) -> Optional[int]:
+    """The epoch budget a run had: MMRec's ``epochs`` as the runner saw it, else the requested one."""
+    cap = record.get("epoch_cap", record.get("epochs"))
+    return int(cap) if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0 else None
+
+
+def near_cap(record: dict) -> bool:
+    """Whether the run's best epoch (0-based) is in the last :data:`CAP_SHARE` of its budget and
+    early stopping did not end it (see the module doc)."""
+    cap, best = epoch_cap(record), record.get("best_epoch")
+    if cap is None or best is None or record.get("stopped_early"):
+        return False
+    return int(best) >= cap - max(1, math.ceil(CAP_SHARE * cap))
+
+
+def capped_note(summary: "ModelSummary") -> str:
+    """One sentence when seeds of the selected configuration hit the epoch cap, else ''."""
+    chosen = summary.selected
+    if chosen is None:
+        return ""
+    seeds = [s for s in chosen.seeds if chosen.capped.get(s)]
+    if not seeds:
+        return ""
+    where = ", ".join(f"epoch {chosen.best_epoch.get(s)} of {chosen.cap.get(s)}" for s in seeds)
+    return (f"best validation epoch at the epoch cap in {len(seeds)} of {len(chosen.seeds)} seed(s) ({where}): "
+            "still improving when training stopped, so these numbers understate a converged model; "
+            "rerun with a larger --epochs")
 
 
 def select_on_validation(configs: Sequence[ConfigResult], valid_metric: str) -> Optional[ConfigResult]:
@@ -110,6 +147,8 @@ def summarise(records: Iterable[dict], valid_metric: Mapping[str, str], models: 
         group.wall_s[seed] = float(record.get("wall_s") or 0.0)
         if record.get("host_fixes"):
             group.host_fixes[seed] = list(record["host_fixes"])
+        group.cap[seed] = epoch_cap(record)
+        group.capped[seed] = near_cap(record)
     out = {}
     for model in models:
         configs = sorted(by_model[model].values(), key=lambda c: c.order)

@@ -3,8 +3,10 @@
 Rows are models in the paper's row order (models it does not list after them, the target model
 last, as REARM is in the paper), columns R@10, R@20, N@10, N@20 on the test split as
 ``mean ± std`` over seeds. For Baby, Sports and Clothing each of our columns is followed by the
-paper's published value (MMRec's ``MIGGT`` is the paper's "MIG-GT"). Among our numbers the best of a column is bold and the
-second best underlined, as in the paper.
+paper's published value (MMRec's ``MIGGT`` is the paper's "MIG-GT"). Among our numbers the best
+of a column is bold and the second best underlined, as in the paper. A model whose chosen runs
+stopped at the epoch cap while still improving (:func:`~.stats.near_cap`) is marked with
+:data:`CAPPED` and a note under the table.
 """
 from __future__ import annotations
 
@@ -14,9 +16,23 @@ import json
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from .paper import has_paper_numbers, paper_name, paper_order, paper_row
-from .stats import TABLE_METRICS, ModelSummary, PairedComparison, best_baseline
+from .stats import CAP_SHARE, TABLE_METRICS, ModelSummary, PairedComparison, best_baseline
 
 DASH = "—"
+#: Marks a model (and a best epoch) at the epoch cap.
+CAPPED = "†"
+CAPPED_NOTE = (f"{CAPPED} best validation epoch in the last {{share}} of the epoch budget in at least one seed: "
+               "still improving when training stopped, so the number understates a converged model "
+               "(rerun with a larger --epochs).")
+
+
+def _capped(summary: ModelSummary) -> bool:
+    chosen = summary.selected
+    return chosen is not None and any(chosen.capped.get(s) for s in chosen.seeds)
+
+
+def _capped_footer(summaries: Sequence[ModelSummary]) -> str:
+    return ("\n" + CAPPED_NOTE.format(share=f"{CAP_SHARE:.0%}") + "\n") if any(_capped(s) for s in summaries) else ""
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:
@@ -66,7 +82,7 @@ def table2_markdown(dataset: str, summaries: Mapping[str, ModelSummary], models:
     for model in order:
         summary = summaries[model]
         published = paper_row(dataset, model) if with_paper else None
-        cells = [paper_name(model)]
+        cells = [paper_name(model) + (f" {CAPPED}" if _capped(summary) else "")]
         for index, (_, metric) in enumerate(TABLE_METRICS):
             text = _cell(summary, metric)
             rank = ranks[metric].get(model)
@@ -75,7 +91,7 @@ def table2_markdown(dataset: str, summaries: Mapping[str, ModelSummary], models:
                 cells.append(_fmt(published[index]) if published else DASH)
         cells.append(str(len(summary.selected.seeds)) if summary.selected else "0")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _capped_footer([summaries[m] for m in order])
 
 
 def _p_text(p: Optional[float]) -> str:
@@ -127,7 +143,9 @@ def selection_markdown(summaries: Mapping[str, ModelSummary], models: Sequence[s
             lines.append(f"| {model} | {DASH} | {DASH} | 0 | {DASH} |")
             continue
         config = json.dumps(chosen.config, sort_keys=True, default=str) if chosen.config else "MMRec defaults"
-        epochs = ", ".join(f"{s}: {chosen.best_epoch.get(s)}" for s in chosen.seeds)
+        epochs = ", ".join(f"{s}: {chosen.best_epoch.get(s)}"
+                           + (f" of {chosen.cap.get(s)} {CAPPED}" if chosen.capped.get(s) else "")
+                           for s in chosen.seeds)
         valid = chosen.mean("valid", summary.valid_metric)
         lines.append(f"| {model} | `{config}` | {summary.valid_metric} {_fmt(valid)} | "
                      f"{len(summary.configs)} | {epochs} |")
@@ -192,7 +210,7 @@ def table2_csv(dataset: str, summaries: Mapping[str, ModelSummary], models: Sequ
     header = ["model", "seeds"]
     for label, _ in TABLE_METRICS:
         header += [label, f"{label}_std", f"{label}_paper"]
-    header += ["valid_metric", "valid_mean", "config"]
+    header += ["valid_metric", "valid_mean", "config", "capped_seeds"]
     writer.writerow(header)
     for model in row_order(models, target):
         summary = summaries[model]
@@ -206,7 +224,8 @@ def table2_csv(dataset: str, summaries: Mapping[str, ModelSummary], models: Sequ
                     "" if published is None else f"{published[index]:.4f}"]
         valid = chosen.mean("valid", summary.valid_metric) if chosen else None
         row += [summary.valid_metric, "" if valid is None else f"{valid:.6f}",
-                json.dumps(chosen.config, sort_keys=True, default=str) if chosen else ""]
+                json.dumps(chosen.config, sort_keys=True, default=str) if chosen else "",
+                " ".join(str(s) for s in chosen.seeds if chosen.capped.get(s)) if chosen else ""]
         writer.writerow(row)
     return out.getvalue()
 
@@ -254,7 +273,7 @@ def variants_markdown(labels: Sequence[str], summaries: Mapping[str, ModelSummar
     ranks = {metric: _ranks(summaries, labels, metric) for _, metric in TABLE_METRICS}
     for name in labels:
         summary = summaries[name]
-        cells = [name]
+        cells = [name + (f" {CAPPED}" if _capped(summary) else "")]
         for label, metric in TABLE_METRICS:
             text = _cell(summary, metric)
             rank = ranks[metric].get(name)
@@ -263,7 +282,7 @@ def variants_markdown(labels: Sequence[str], summaries: Mapping[str, ModelSummar
                 cells.append(_fmt(paper.get(name, {}).get(label)))
         cells.append(str(len(summary.selected.seeds)) if summary.selected else "0")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _capped_footer([summaries[n] for n in labels])
 
 
 def variants_csv(labels: Sequence[str], summaries: Mapping[str, ModelSummary],

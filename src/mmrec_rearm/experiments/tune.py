@@ -9,7 +9,9 @@ finds the winner's run already done. How the work is split and kept:
   ``valid`` dict). Test values are never read here: they are not in the objective, the pruner,
   the summary, nor the choice of the winner.
 * **Pruning**: every epoch's validation score (the runner's ``epoch`` events) is reported to
-  Optuna's pruner; a trial it prunes has its subprocess killed and is recorded as ``pruned``.
+  Optuna's pruner; a trial it prunes is stopped through the run machinery (:class:`~.launch.StopRun`:
+  the subprocess is ended, its log closed, its training state kept) and recorded as ``pruned``. Should
+  the pruner let the same configuration go on later, its run continues from that state.
 * **Storage**: by default an Optuna journal file, ``<results>/<dataset>/optuna.journal``: no
   server, safe for several processes on one machine and on a shared (NFS) filesystem. A URL
   (``postgresql://...``, ``sqlite:///...``) uses Optuna's database storage, with heartbeats, so
@@ -31,13 +33,15 @@ import threading
 import time
 from typing import List, Optional, Sequence, Union
 
-from ..errors import ConfigError, RunsAbortedError
-from .compare import _ensure_dataset, _prepare_user_graph, user_path
+from ..errors import ConfigError, Interrupted, RunsAbortedError
+from .launch import StopRun
 from .mmrec_config import check_model, mmrec_src
 from .parallel import Slot, make_slots, run_threads
 from .plan import FIRST_SEED, RunSpec, canonical_json
-from .runqueue import CrashWatch, Progress, RunFunction, epoch_printer, format_config, make_start, now, run_record
-from .store import RunStore
+from .prepare import ensure_dataset, prepare_user_graph, prepared_store, user_path
+from .progress import ProgressDisplay
+from .runqueue import CrashWatch, Progress, RunFunction, format_config, make_start
+from .store import RunStore, now, run_record
 from .tune_report import (SETTINGS_ATTR, STORAGE_FILE, TuneReport, default_study_name, open_storage, require_optuna,
                           study_report, summary_line, write_summary)
 from .tune_space import SearchSpace, build_space
@@ -173,7 +177,7 @@ class _Objective:
     def _run(self, trial, spec: RunSpec, values: dict, slot: Slot, reported: set, optuna) -> float:
         label = f"trial {trial.number}"
         self.say(f"{label}{f' [{slot.label}]' if slot.label else ''}: {format_config(values)}")
-        printer = epoch_printer(lambda message: self.say(f"[{label}] {message.strip()}"), self.metric)
+        printer = ProgressDisplay(lambda message: self.say(f"[{label}] {message.strip()}"), bar=False)
         history: List[dict] = []
 
         def on_event(event: dict) -> None:
@@ -186,21 +190,19 @@ class _Objective:
                 trial.report(score, step)
                 reported.add(step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {step}: valid {self.metric} {score:.4f}")
+                raise StopRun(f"pruned at epoch {step}: valid {self.metric} {score:.4f}")
 
         started, began = now(), time.time()
         with self.lock:
             self.executed += 1
-        try:
-            result = self.start(spec, on_event, slot)
-        except optuna.TrialPruned as exc:
-            if self.interrupted.is_set():
-                raise _Interrupted() from exc
-            self._record(trial, spec, {"status": "pruned", "message": str(exc), "history": history,
+        result = self.start(spec, on_event, slot)
+        if result.get("status") == "stopped" and not self.interrupted.is_set():
+            message = str(result.get("message"))
+            self._record(trial, spec, {**result, "status": "pruned", "history": history,
                                        "epochs_run": len(history), "wall_s": round(time.time() - began, 3)},
                          started)
-            self.say(f"[{label}] {exc}")
-            raise
+            self.say(f"[{label}] {message}")
+            raise optuna.TrialPruned(message)
         if self.interrupted.is_set():  # killed with the others: no record, the same values again next time
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise _Interrupted()
@@ -225,7 +227,7 @@ class _Objective:
         raise RunFailed(record.get("message") or f"no valid {self.metric} in the result")
 
     def _record(self, trial, spec: RunSpec, result: dict, started: str) -> dict:
-        record = run_record(spec, result, self.metric, started)
+        record = run_record(result, spec, self.dataset, self.metric, started)
         record["tune"] = {"study": self.study_name, "trial": trial.number}
         self.store.append(record)
         return record
@@ -279,17 +281,17 @@ def tune(mmrec_dir: PathLike, dataset: str, model: str, trials: int, *, epochs: 
                                 load_if_exists=True)
     _check_settings(study, {"dataset": dataset, "model": model, "epochs": epochs, "seed": seed, "metric": metric,
                             "space": space.signature(), "overrides": list(overrides)}, name, storage_label)
-    store = RunStore(results_dir, dataset)
+    store = prepared_store(results_dir, dataset, progress)
     with store.run_lock("setup"):  # workers starting together write the dataset YAML / user graph once
-        folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
-                                        results_root, write_yaml=True, progress=say)
-        extra.update(_prepare_user_graph(src, folder, dataset, [model], DEFAULT_NEIGHBOURS, say))
+        folder, extra = ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
+                                       results_root, write_yaml=True, progress=say)
+        extra.update(prepare_user_graph(src, folder, dataset, [model], DEFAULT_NEIGHBOURS, say))
     fail_dead_local_trials(study, say)
     say(f"study '{name}' in {storage_label}: {heading}")
     for param in space.params.values():
         say(f"  {param.describe()}")
     objective = _Objective(space, dataset, seed, epochs, metric, store, slots,
-                           make_start(src, python, results_root / "logs", extra, timeout_s=timeout_s, run_fn=run_fn),
+                           make_start(src, python, results_root, extra, timeout_s=timeout_s, run_fn=run_fn),
                            say, name, max_failures=trials)
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=done_states)) < trials:
@@ -326,6 +328,12 @@ def _optimize(study, objective: _Objective, trials: int, done_states, slots: Seq
         objective.interrupted.set()
         slots[0].running.kill_all()
 
-    run_threads([work], interrupt, "tune-optimize")
+    try:
+        run_threads([work], interrupt, "tune-optimize")
+    except KeyboardInterrupt:
+        done = len(study.get_trials(deepcopy=False, states=done_states))
+        raise Interrupted(
+            f"the trials in flight were stopped and not recorded (their values are queued again); {done} of {trials} "
+            f"trials of study '{study.study_name}' are done; rerun the same command to go on.") from None
     if errors:
         raise errors[0]

@@ -8,17 +8,18 @@ appear only in ``compare``'s table, for the configuration validation chose.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..atomic import write_text
 from ..errors import ConfigError
-from .compare import user_path
+from ..hints import command
 from .mmrec_config import grid_keys, merged_config
 from .plan import Override
+from .prepare import user_path
 from .runqueue import format_config
 from .tune_space import decoded
 
@@ -108,8 +109,10 @@ def winner_overrides(src: Path, results_dir: Path, dataset: str, models: Sequenc
         try:
             study = optuna.load_study(study_name=name, storage=storage_obj)
         except KeyError:
-            raise ConfigError(f"--from-tune: no study '{name}' in {label}; run `mmrec-rearm tune --mmrec ... -d {dataset} "
-                              f"-m {model} --trials N` first, or name the study with --from-tune {model}=STUDY.") from None
+            tune_command = command("tune", "--mmrec", src.parent, "-d", dataset, "-m", model, "--trials", "20",
+                                   "--results", results_dir)
+            raise ConfigError(f"--from-tune: no study '{name}' in {label}; make it with mmrec-rearm tune first: "
+                              f"`{tune_command}`, or name the study with --from-tune {model}=STUDY.") from None
         report = study_report(study, name, label, "")
         if report.best is None:
             raise ConfigError(f"--from-tune: study '{name}' in {label} has no complete trial yet; tune further.")
@@ -222,7 +225,5 @@ def write_summary(study, folder: Path, *, metric: str, storage: str, space=None,
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     path = folder / f"{stem}.md"
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text(path, "\n".join(lines), what="the tuning summary")
     return {"summary": path, **figures}

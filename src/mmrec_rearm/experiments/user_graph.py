@@ -64,6 +64,8 @@ def make_user_graph_dict(folder: PathLike, dataset: Optional[str] = None, *, k: 
     them. Returns the path written. The file is replaced atomically, so a concurrent reader sees
     the old or the new file, never half of one.
     """
+    from ..atomic import atomic_open, check_writable
+
     folder = Path(folder)
     if dataset is not None:
         src = mmrec_src(folder)
@@ -72,6 +74,8 @@ def make_user_graph_dict(folder: PathLike, dataset: Optional[str] = None, *, k: 
         inter_file = inter_file or config.get("inter_file_name")
         file_name = file_name or config.get("user_graph_dict_file")
     inter_path = folder / (inter_file or f"{folder.name}.inter")
+    if folder.is_dir():
+        check_writable(folder, what="the user graph file", create=False)
     parsed = read_interactions(inter_path)
     if parsed.users.size == 0:
         raise DatasetError(f"{inter_path}: no interaction rows; cannot build the user co-occurrence graph.")
@@ -80,11 +84,6 @@ def make_user_graph_dict(folder: PathLike, dataset: Optional[str] = None, *, k: 
     matrix = training_matrix(parsed.users[train], parsed.items[train], n_users, n_items)
     graph = cooccurrence_neighbours(matrix, k)
     target = folder / (file_name or "user_graph_dict.npy")
-    temporary = folder / f".{target.name}.{os.getpid()}.tmp.npy"
-    try:
-        np.save(temporary, graph, allow_pickle=True)
-        os.replace(temporary, target)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_open(target, "wb", what="the user graph file") as handle:
+        np.save(handle, graph, allow_pickle=True)  # MMRec's format: a pickled dict (we write it; MMRec reads it)
     return target

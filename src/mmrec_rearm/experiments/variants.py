@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .compare import _ensure_dataset, _git_commit, user_path
-from .parallel import make_slots
 from .mmrec_config import check_model, mmrec_src
+from .parallel import make_slots
 from .plan import Plan, RunSpec, build_plan, parse_overrides, seed_list
+from .prepare import ensure_dataset, git_commit, prepared_store, user_path
 from .runqueue import Progress, QueuedRun, RunFunction, make_start, run_queue
-from .stats import ModelSummary, summarise
-from .store import RunStore
+from .stats import ModelSummary, capped_note, summarise
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -99,8 +98,9 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
     seed_values = seed_list(seeds)
     results_dir = user_path(results_dir)  # the runs start in MMRec's src/
     results_root = results_dir / dataset
-    _folder, extra = _ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
-                                     results_root, write_yaml=execute, progress=say)
+    store = prepared_store(results_dir, dataset, progress)
+    _folder, extra = ensure_dataset(src, dataset, user_path(data_dir) if data_dir is not None else None,
+                                    results_root, write_yaml=execute, progress=say)
     plans: Dict[str, Plan] = {}
     for variant in variants:
         plans[variant.name] = build_plan(src, dataset, [model], seed_values, epochs,
@@ -115,7 +115,6 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
                 seen.add(spec.key)
                 queue.append((variant, spec))
 
-    store = RunStore(results_dir, dataset)
     with store.exclusive():
         latest = store.latest()
         total = len(queue)
@@ -126,14 +125,17 @@ def run_variants(mmrec_dir: PathLike, dataset: str, variants: Sequence[Variant],
             [QueuedRun(f"{model} [{variant.label}] seed {spec.seed}", spec, plans[variant.name].valid_metric[model])
              for variant, spec in queue],
             dataset, store, latest, say, execute=execute, retry_failed=retry_failed, slots=slots,
-            start=make_start(src, python, results_root / "logs", extra, timeout_s=timeout_s, run_fn=run_fn))
+            start=make_start(src, python, results_root, extra, timeout_s=timeout_s, run_fn=run_fn))
 
     summaries: Dict[str, ModelSummary] = {}
     for variant in variants:
         plan = plans[variant.name]
         records = [latest[s.key] for s in plan.runs if s.key in latest]
         summaries[variant.name] = summarise(records, plan.valid_metric, [model])[model]
-    commit = _git_commit(src.parent)
+        note = capped_note(summaries[variant.name])
+        if note:
+            say(f"warning: {model} [{variant.label}]: {note}")
+    commit = git_commit(src.parent)
     finished = sum(1 for _, s in queue if s.key in latest)
     settings = (f"MMRec checkout `{src.parent}`{f' at {commit}' if commit else ''}; model {model}; "
                 f"seeds {seed_values}; epochs {epochs if epochs is not None else 'from the YAML files'} "

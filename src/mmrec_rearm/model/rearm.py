@@ -25,7 +25,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -35,9 +34,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DatasetError
-from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder, item_features
+from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder
+from ..features import load_feature_file
+from ..modalities import check_feature_files, selected_modalities
 from . import layers as L
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
+from .raw_table import RawTable
 from .presets import RearmSettings, describe, read_settings
 
 __all__ = ["REARM", "RawTable", "build_homogeneous_graphs"]
@@ -53,98 +55,6 @@ def build_homogeneous_graphs(data, graph_settings: Dict[str, Any], cache_dir: An
     params = GraphParams.from_mapping(graph_settings)
     return load_or_build(data, params, cache_dir=cache_dir,
                          progress=lambda msg: logger.debug("REARM graphs: %s", msg))
-
-
-def _row_block(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Rows ``start:stop`` of a contiguous 2-D tensor, on the same storage (no copy) but with its
-    own version counter. Slices made by indexing share one counter, so the in-place decay of one
-    block during backward (see ``REARM._install_decoupled_decay``) would look to autograd like a
-    change of every other block still waiting for its gradient."""
-    block = values.new_empty(0)
-    width = values.shape[1]
-    block.set_(values.untyped_storage(), values.storage_offset() + start * width, (stop - start, width), (width, 1))
-    return block
-
-
-class RawTable(nn.Module):
-    """A table of raw modal vectors (rows, d_m), trainable (official: ``Embedding.from_pretrained(
-    freeze=False)`` for items, ``nn.Parameter`` for users) or a frozen buffer.
-
-    A trainable table is held as row blocks of at most :attr:`BLOCK_ELEMENTS` entries, each its own
-    parameter: an optimizer's per-parameter temporaries (Adam's ``sqrt(v) / c + eps``) are then
-    block-sized instead of table-sized (on Baby the user image table is 318 MB). The blocks never
-    appear outside: ``project`` applies a linear layer block by block, and the state_dict holds one
-    ``weight`` (rows, d_m) either way, so checkpoints do not depend on the switch or the blocking.
-    """
-
-    BLOCK_ELEMENTS = 1 << 23  # 32 MB of float32
-
-    def __init__(self, values: torch.Tensor, trainable: bool):
-        super().__init__()
-        # No copy: like MMRec's models (Embedding.from_pretrained) the table shares storage with
-        # the host's feature tensor, which nothing else reads after construction.
-        values = values.detach().float().contiguous()
-        self.shape = tuple(values.shape)
-        self.trainable = trainable
-        if trainable:
-            rows = max(1, self.BLOCK_ELEMENTS // max(1, values.shape[1]))
-            self.block_names = []
-            for index, start in enumerate(range(0, values.shape[0], rows)):
-                part = _row_block(values, start, min(values.shape[0], start + rows))
-                self.register_parameter(f"block{index}", nn.Parameter(part))
-                self.block_names.append(f"block{index}")
-        else:
-            self.register_buffer("weight_buffer", values)
-
-    @property
-    def blocks(self) -> list:
-        return [getattr(self, name) for name in self.block_names]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The whole table (rows, d_m); a concatenated copy when trainable."""
-        if not self.trainable:
-            return self.weight_buffer
-        blocks = self.blocks
-        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
-
-    def project(self, linear: nn.Module) -> torch.Tensor:
-        """``linear`` applied to every row -> (rows, d_out), block by block (no table-sized copy)."""
-        if not self.trainable:
-            return linear(self.weight_buffer)
-        parts = [linear(block) for block in self.blocks]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    # state_dict: one "weight" entry instead of the blocks / the buffer (no child modules here,
-    # so these two hooks see every entry of this table)
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        key = prefix + "weight"
-        if strict:
-            unexpected_keys.extend(name for name in state_dict if name.startswith(prefix) and name != key)
-        if key not in state_dict:
-            missing_keys.append(key)
-            return
-        value = state_dict[key]
-        if tuple(value.shape) != self.shape:
-            error_msgs.append(f"size mismatch for {key}: copying a param with shape "
-                              f"{tuple(value.shape)}, the shape in current model is {self.shape}.")
-            return
-        with torch.no_grad():
-            if not self.trainable:
-                self.weight_buffer.copy_(value)
-            else:
-                start = 0
-                for block in self.blocks:
-                    block.copy_(value[start:start + block.shape[0]])
-                    start += block.shape[0]
-
-    def extra_repr(self) -> str:
-        blocks = f", blocks={len(self.blocks)}" if self.trainable else ""
-        return f"{self.shape}, trainable={self.trainable}{blocks}"
 
 
 def _binary_csr(matrix) -> sp.csr_matrix:
@@ -205,10 +115,17 @@ class REARM(CachedScoring, BaseRecommender):
     Settings: configs/model/REARM.yaml (validated by :func:`~mmrec_rearm.model.presets.read_settings`).
     """
 
+    #: Names of the terms :meth:`calculate_loss` returns (eq. 21, 12, 17, 22), for progress lines.
+    loss_names = ("bpr", "cl", "ort", "reg")
+
     def __init__(self, config: Any, dataloader: Any):
-        super().__init__(config, dataloader)
         get = lambda key, default=None: config_value(config, key, default)  # noqa: E731
         s: RearmSettings = read_settings(config, get)
+        # before the host's constructor, which loads the feature files itself (MMRec: with pickle
+        # allowed, and a bare assertion when none exists)
+        check_feature_files(lambda key: config_value(config, key), dataset_folder(config), s.modalities,
+                            s.extra_feature_files, dataset=str(get("dataset", "")))
+        super().__init__(config, dataloader)
         self.settings = s
         logger.info(describe(s.preset, s.dataset))
         logger.info(s.summary())
@@ -221,6 +138,7 @@ class REARM(CachedScoring, BaseRecommender):
             raise DatasetError(f"interaction matrix has shape {inter.shape}, expected "
                                f"(n_users={self.n_users}, n_items={self.n_items})")
         names, feats = self._modal_features(config, s)
+        logger.info("REARM modalities: %s", ", ".join(f"{n} ({f.shape[1]}-d)" for n, f in zip(names, feats)))
         self.modality_names: Tuple[str, ...] = tuple(names)
         n_mod = len(feats)
         d = s.embedding_size
@@ -281,33 +199,25 @@ class REARM(CachedScoring, BaseRecommender):
                            s.reg_weight)
 
     def _modal_features(self, config: Any, s: RearmSettings) -> Tuple[List[str], List[torch.Tensor]]:
-        """Available modalities in slot order (vision slot, text slot, extra files), then the
-        ``modalities`` selection -> names and (n_items, d_m) float tensors."""
-        folder = dataset_folder(config)
-        extra: List[Tuple[str, torch.Tensor]] = []
-        for name in s.extra_feature_files:
-            path = name if os.path.isabs(name) else os.path.join(folder, name)
-            if not os.path.isfile(path):
-                raise DatasetError(f"{path}: extra feature file not found (extra_feature_files); "
-                                   "put the .npy file in the dataset folder or remove it from the list.")
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise DatasetError(f"{path}: cannot be read as a plain .npy array ({exc}).") from exc
-            extra.append((Path(path).stem, torch.from_numpy(np.asarray(arr, dtype=np.float32))))
-        available = item_features(self, config, "REARM", extra, separator="#")
-        names = [n for n, _ in available]
-        pick = {"all": list(range(len(available))), "first": [0], "second": [1]}.get(s.modalities, s.modalities)
-        bad = [i for i in pick if i >= len(available)]
-        if bad:
-            raise ConfigError(f"REARM config key 'modalities' = {s.modalities!r} asks for modality "
-                              f"{bad[0]}, but only {len(available)} are available: {names}.")
-        for i in pick:
-            if available[i][1].dim() != 2 or available[i][1].shape[0] != self.n_items:
-                raise DatasetError(f"feature '{names[i]}' has shape {tuple(available[i][1].shape)}, "
-                                   f"expected (n_items={self.n_items}, d).")
-        logger.info("REARM modalities: %s", ", ".join(f"{names[i]} ({available[i][1].shape[1]}-d)" for i in pick))
-        return [names[i] for i in pick], [available[i][1].float() for i in pick]
+        """The modalities :mod:`mmrec_rearm.modalities` selects -> names and (n_items, d_m) float
+        tensors: the host's ``v_feat`` / ``t_feat`` for slots 0 / 1, extra files loaded here."""
+        names, feats = [], []
+        for modality in selected_modalities(lambda key: config_value(config, key), dataset_folder(config),
+                                            s.modalities, s.extra_feature_files):
+            slot = modality.slot
+            if slot.index < 2:
+                tensor = (self.v_feat, self.t_feat)[slot.index]
+                if tensor is None:
+                    raise DatasetError(f"no item features in {dataset_folder(config)}: the host loaded nothing for "
+                                       f"{slot.key}={slot.name!r} (end2end on, or is_multimodal_model off?).")
+            else:
+                tensor = torch.from_numpy(load_feature_file(slot.label, modality.path, self.n_items))
+            if tensor.dim() != 2 or tensor.shape[0] != self.n_items:
+                raise DatasetError(f"{modality.path}: feature '{modality.name}' ({slot.key}) has shape "
+                                   f"{tuple(tensor.shape)}, expected (n_items={self.n_items}, d).")
+            names.append(modality.name)
+            feats.append(tensor.float())
+        return names, feats
 
     def _graphs(self, config: Any, s: RearmSettings, inter: sp.csr_matrix, names: Sequence[str],
                 feats: Sequence[torch.Tensor]):
@@ -320,6 +230,10 @@ class REARM(CachedScoring, BaseRecommender):
             coo.row, coo.col, self.n_users, self.n_items,
             {name: f.detach().cpu().numpy() for name, f in zip(names, feats)},
             source={"inter": os.path.join(folder, str(inter_name))})
+        from ..cache import data_fingerprint
+
+        #: what this model was built on (checkpoints store it; recommend checks a dataset against it)
+        self.data_fingerprint = data_fingerprint(data)
         return build_homogeneous_graphs(data, s.graph, s.cache_dir)
 
     def _reset_parameters(self) -> None:
@@ -436,6 +350,13 @@ class REARM(CachedScoring, BaseRecommender):
 
     def pre_epoch_processing(self):
         self._epoch += 1
+
+    def resume_state(self) -> dict:
+        """Training progress outside the parameters: the epoch counter of the decay schedule."""
+        return {"epoch": self._epoch}
+
+    def load_resume_state(self, state: dict) -> None:
+        self._epoch = int(state["epoch"])
 
     def train(self, mode: bool = True):
         """``train(True)`` drops the evaluation cache (training changes the representations);

@@ -1,5 +1,6 @@
-"""In-memory fixes that let MMRec's own models run on a CPU-only host with the packages it has,
-applied by the run process (:mod:`.runner`) and listed under ``host_fixes`` in the run's record.
+"""The runner's in-memory fixes of MMRec models that fail as shipped on a CPU-only host with the
+packages it has (runner side, standard library); :mod:`.runner` applies them and lists them under
+``host_fixes`` in the run's record.
 
 Nothing in the MMRec checkout is changed, and each fix only does what the model's own code would
 get on the host it was written for (a GPU, torch_scatter installed):
@@ -18,7 +19,8 @@ get on the host it was written for (a GPU, torch_scatter installed):
   ``utils.scatter`` (same semantics, plain torch), which MMRec's graph models need anyway.
 
 Set ``MMREC_REARM_HOST_FIXES=0`` to run the models exactly as MMRec ships them. Imports only the
-standard library at module level (the run process may lack our package's dependencies).
+standard library at module level (the run process may lack our package's dependencies; the runner
+loads this file by path).
 """
 from __future__ import annotations
 
@@ -99,6 +101,24 @@ def torch_scatter_from_pyg(model: str) -> List[str]:
     sys.modules["torch_scatter"] = _scatter_module(scatter)
     return [f"{model}: torch_scatter is not installed; its scatter, scatter_add and scatter_mean are "
             "served by torch_geometric.utils.scatter"]
+
+
+def wrap_get_model(original_get_model, model_name: str, applied: list):
+    """quick_start's ``get_model`` with the CPU fix of ``model_name`` applied to what it builds
+    (``applied`` collects the descriptions), or None when the model needs no fix or fixes are off."""
+    names = CPU_PARAMETER_FIXES.get(model_name, ())
+    if not names or original_get_model is None or env_off(HOST_FIXES_ENV):
+        return None
+
+    def get_model_with_cpu_fix(name):
+        model_class = original_get_model(name)
+
+        def build(*args, **kwargs):
+            instance = model_class(*args, **kwargs)
+            applied.extend(unregister_cpu_parameters(instance, names))
+            return instance
+        return build
+    return get_model_with_cpu_fix
 
 
 def apply_import_fixes(model: str) -> List[str]:
