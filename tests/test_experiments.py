@@ -211,7 +211,7 @@ def test_unknown_model_names_the_fix(tmp_path):
     # the hint names this checkout (tests/test_run.py runs it as printed)
     with pytest.raises(ConfigError, match=rf"REARM is not installed into this checkout.* install --mmrec {root}`"):
         compare(root, "toy", ["A", "REARM"], run_fn=lambda *a: {}, progress=None, results_dir=tmp_path / "r")
-    with pytest.raises(ConfigError, match="MIGGT is not installed into this checkout.*mmrec-rearm install <checkout>"):
+    with pytest.raises(ConfigError, match=rf"MIGGT is not installed into this checkout.* install --mmrec {root}`"):
         compare(root, "toy", ["A", "MIGGT"], run_fn=lambda *a: {}, progress=None, results_dir=tmp_path / "r")
 
 
