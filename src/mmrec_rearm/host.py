@@ -7,7 +7,7 @@
   can be built and tested without MMRec. The choice is made once, when this module is first
   imported.
 * :func:`config_value` reads a key from MMRec's ``Config`` (``config[key]`` is None when absent)
-  or from a plain mapping; :func:`item_features` names the item features of the host's two slots.
+  or from a plain mapping.
 * :class:`CachedScoring` gives a model whose ``forward()`` returns all users' and all items'
   representations MMRec's ``full_sort_predict`` / ``predict``, computing them once per evaluation pass.
 * :class:`ArrayDataLoader` is the part of MMRec's training data loader the model reads
@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn as nn
 
-from .errors import DatasetError
-
 __all__ = ["BaseRecommender", "StandInRecommender", "USING_MMREC", "config_value",
-           "CachedScoring", "ArrayDataLoader", "dataset_folder", "item_features"]
+           "CachedScoring", "ArrayDataLoader", "dataset_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,32 +46,6 @@ def config_value(config: Any, key: str, default: Any = None) -> Any:
 def dataset_folder(config: Any) -> str:
     """The dataset folder exactly as MMRec computes it: ``abspath(data_path + dataset)``."""
     return os.path.abspath(str(config_value(config, "data_path", "")) + str(config_value(config, "dataset", "")))
-
-
-def item_features(model: Any, config: Any, owner: str, extra: Sequence[Tuple[str, torch.Tensor]] = (),
-                  separator: str = "") -> List[Tuple[str, torch.Tensor]]:
-    """The item features MMRec loaded into ``model.v_feat`` / ``model.t_feat`` (in that order;
-    empty slots left out), then ``extra`` (name, tensor) pairs. Each slot is named by the stem of
-    its file (``image_feat``, ``text_feat``; ``audio_feat`` on TikTok, where
-    configs/dataset/tiktok.yaml puts audio into the text slot); repeated names become
-    ``<name><separator><index>``. None at all is a DatasetError naming the dataset folder and
-    ``owner`` (the model). Shapes are not checked here."""
-    found = []
-    for tensor, key, fallback in ((getattr(model, "v_feat", None), "vision_feature_file", "v_feat"),
-                                  (getattr(model, "t_feat", None), "text_feature_file", "t_feat")):
-        if tensor is not None:
-            found.append((Path(str(config_value(config, key, fallback))).stem, tensor))
-    found += list(extra)
-    if not found:
-        raise DatasetError(
-            f"no item features in {dataset_folder(config)}: neither vision_feature_file="
-            f"{config_value(config, 'vision_feature_file')!r} nor text_feature_file="
-            f"{config_value(config, 'text_feature_file')!r} exists there; {owner} needs item features "
-            "(at least one file).")
-    names = [name for name, _ in found]
-    if len(set(names)) != len(names):  # fingerprints, cache entries and logs need distinct names
-        names = [f"{n}{separator}{i}" for i, n in enumerate(names)]
-    return [(name, tensor) for name, (_, tensor) in zip(names, found)]
 
 
 class StandInRecommender(nn.Module):

@@ -13,7 +13,8 @@ import torch
 
 from ..data import training_matrix
 from ..errors import DatasetError
-from ..host import BaseRecommender, CachedScoring, item_features
+from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder
+from ..modalities import selected_modalities
 from ..model.layers import SparseGraph, normalized_interaction_graph
 
 __all__ = ["BaselineRecommender", "EdgeDropout", "training_interactions"]
@@ -105,10 +106,20 @@ class BaselineRecommender(CachedScoring, BaseRecommender):
         return self._edge_dropout(drop_rate)
 
     def modal_features(self, config: Any) -> Tuple[List[str], List[torch.Tensor]]:
-        """The item features of MMRec's vision and text slots that exist, in that order -> (names,
-        (n_items, d_m) float tensors); names are the file stems, made distinct if they repeat."""
+        """The item features MMRec loaded into ``v_feat`` / ``t_feat`` (vision slot, then text slot;
+        empty slots left out) -> (names, (n_items, d_m) float tensors). Names as for REARM
+        (:func:`mmrec_rearm.modalities.selected_modalities`: the file stems, made distinct)."""
         name = type(self).__name__
-        found = item_features(self, config, name)
+        get = lambda key: config_value(config, key)  # noqa: E731
+        folder = dataset_folder(config)
+        slots = selected_modalities(get, folder, "all", extra_files=())
+        tensors = (getattr(self, "v_feat", None), getattr(self, "t_feat", None))
+        found = [(m.name, tensors[m.slot.index]) for m in slots if tensors[m.slot.index] is not None]
+        if not found:
+            raise DatasetError(
+                f"no item features in {folder}: neither vision_feature_file={get('vision_feature_file')!r} nor "
+                f"text_feature_file={get('text_feature_file')!r} exists there; {name} needs item features "
+                "(at least one file).")
         for stem, tensor in found:
             if tensor.dim() != 2 or tensor.shape[0] != self.n_items:
                 raise DatasetError(f"{name}: feature file {stem!r} has shape {tuple(tensor.shape)}, "
