@@ -9,7 +9,8 @@ SLMRec also imports scikit-learn (scripts/setup.sh installs it).
 Same requirements and skips as tests/test_integration_mmrec.py (a git checkout of MMRec, never
 touched: the test works on a temporary clone; an interpreter with MMRec's pins and torch_geometric).
 Checked: every run finished, with a finite loss and valid / test metrics in [0, 1]; table2.md has
-the 19 rows in the paper's order (MIGGT as "MIG-GT"), each marked as stopped at the epoch cap; uninstall restores the clone's ``git status``.
+the 19 rows in the paper's order (MIGGT as "MIG-GT"), each marked as stopped at the epoch cap;
+uninstall restores the clone's ``git status``.
 """
 from __future__ import annotations
 
