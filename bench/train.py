@@ -36,6 +36,18 @@ more batches (operators by self CPU time).
 
 Targets (issue 3): ours <= 0.5x the official epoch, <= 0.3x its valid+test evaluation and
 <= 0.5x its peak memory, with our faithful defaults. See bench/results/train.md.
+
+On a GPU::
+
+    python bench/train.py --device cuda --dataset baby tiktok --no-warm --out bench/results/train-gpu.md
+
+runs both sides on the GPU (the official code with its own device switch, ours through MMRec's
+``use_gpu``), one dataset after the other, and reports per dataset the epoch, the valid + test
+evaluation and the peak GPU memory (``torch.cuda.max_memory_allocated`` of each measuring process,
+over the whole run and over training + evaluation alone); timers synchronise the device. Targets:
+epoch and peak GPU memory <= 0.5x the official. Baby gets random features; TikTok its real 128-d
+image and audio features (the Baby settings on both sides: neither the official README nor our
+presets have TikTok settings, and our default for it is the Baby preset).
 """
 from __future__ import annotations
 
@@ -43,7 +55,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -56,32 +67,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "bench" / "results" / "train.md"
-IMAGE_DIM, TEXT_DIM = 4096, 384
-FEATURE_SEED = 2025
+from train_report import git_head, gpu_report, machine_info, report
+from train_settings import (FEATURE_SEED, IMAGE_DIM, OFFICIAL_COMMON, OFFICIAL_SETTINGS, OUR_CONFIG_KEYS,
+                            REAL_FEATURES, TEXT_DIM)
 
-# Official per-dataset settings (README of MrShouxingMa/REARM; the rest are parser.py defaults).
-OFFICIAL_SETTINGS: Dict[str, dict] = {
-    "baby": dict(n_layers=4, reg_weight=5e-4, rank=3, s_drop=0.4, m_drop=0.6, u_mm_image_weight=0.2,
-                 i_mm_image_weight=0.0, uu_co_weight=0.4, ii_co_weight=0.2, user_knn_k=40, item_knn_k=10,
-                 n_ii_layers=1, n_uu_layers=1, cl_tmp=0.6, cl_loss_weight=5e-6, diff_loss_weight=5e-5),
-    "sports": dict(n_layers=5, reg_weight=0.05, rank=7, s_drop=1.0, m_drop=0.2, u_mm_image_weight=0.0,
-                   i_mm_image_weight=0.2, uu_co_weight=0.9, ii_co_weight=0.2, user_knn_k=25, item_knn_k=5,
-                   n_ii_layers=2, n_uu_layers=2, cl_tmp=1.5, cl_loss_weight=1e-3, diff_loss_weight=5e-4),
-    "clothing": dict(n_layers=4, reg_weight=1e-5, rank=3, s_drop=0.4, m_drop=0.1, u_mm_image_weight=0.1,
-                     i_mm_image_weight=0.1, uu_co_weight=0.7, ii_co_weight=0.1, user_knn_k=45,
-                     item_knn_k=10, n_ii_layers=1, n_uu_layers=1, cl_tmp=0.03, cl_loss_weight=1e-6,
-                     diff_loss_weight=1e-5),
-}
-OFFICIAL_COMMON = dict(embedding_dim=64, learning_rate=5e-5, batch_size=2048, eval_batch_size=8192,
-                       seed=2025, topk=[10, 20], metrics=["Precision", "Recall", "NDCG"],
-                       valid_metric="Recall@20", user_aggr_mode="softmax")
-TARGETS = {"epoch": 0.5, "evaluation": 0.3, "peak_rss": 0.5}
-# Keys of MMRec's config recorded for ours (whatever our REARM.yaml / preset sets).
-OUR_CONFIG_KEYS = ("embedding_size", "learning_rate", "learner", "weight_decay", "weight_decay_mode",
-                   "train_batch_size", "eval_batch_size", "seed", "attention", "train_raw_features",
-                   "meta_input_grad", "ablation", "modalities", "cooc_padding", "cooc_empty", "knn_self")
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = {"cpu": REPO / "bench" / "results" / "train.md", "cuda": REPO / "bench" / "results" / "train-gpu.md"}
 
 
 def now() -> float:
@@ -94,6 +85,53 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 
 def say(msg: str) -> None:
     print(msg, flush=True)
+
+
+class Device:
+    """The measuring process's device: synchronised timing and peak GPU memory (none on the CPU)."""
+
+    def __init__(self, name: str):
+        import torch
+
+        self.torch = torch
+        self.name = name
+        self.cuda = name == "cuda"
+        if self.cuda and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device")
+        self.peaks: Dict[str, float] = {}
+        self._before_reset = 0.0
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def now(self) -> float:
+        """perf_counter after the device has finished the work queued so far."""
+        self.sync()
+        return now()
+
+    def peak_mb(self) -> float:
+        """Highest GPU memory allocated by torch in this process so far, MB (0 on the CPU)."""
+        if not self.cuda:
+            return 0.0
+        return max(self._before_reset, self.torch.cuda.max_memory_allocated() / 2 ** 20)
+
+    def stage(self, name: str) -> None:
+        if self.cuda:
+            self.peaks[name] = self.torch.cuda.max_memory_allocated() / 2 ** 20
+
+    def start_training_window(self) -> None:
+        """From here on, max_memory_allocated covers training + evaluation only."""
+        if self.cuda:
+            self._before_reset = self.peak_mb()
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def record(self, res: dict) -> None:
+        if self.cuda:
+            res["gpu"] = self.torch.cuda.get_device_name()
+            res["peak_gpu_mb"] = self.peak_mb()
+            res["peak_gpu_train_eval_mb"] = self.torch.cuda.max_memory_allocated() / 2 ** 20
+            res["gpu_mb_by_stage"] = dict(self.peaks)
 
 
 # =============================================================================================
@@ -119,13 +157,21 @@ def prepare(dataset: str, data_dir: Path, work: Path, mmrec_src: Path) -> dict:
     item_ids, items = np.unique(items, return_inverse=True)
     reindexed = not (user_ids[-1] + 1 == len(user_ids) and item_ids[-1] + 1 == len(item_ids))
     n_users, n_items = len(user_ids), len(item_ids)
-    rng = np.random.default_rng(FEATURE_SEED)
-    image = rng.random((n_items, IMAGE_DIM), dtype=np.float32)
-    text = rng.random((n_items, TEXT_DIM), dtype=np.float32)
+    real = REAL_FEATURES.get(dataset)
+    if real:  # the dataset's own files (first -> vision slot, second -> text slot), rows of the kept items
+        image, text = (np.load(data_dir / name).astype(np.float32)[item_ids] for name in real)
+    else:
+        rng = np.random.default_rng(FEATURE_SEED)
+        image = rng.random((n_items, IMAGE_DIM), dtype=np.float32)
+        text = rng.random((n_items, TEXT_DIM), dtype=np.float32)
+    mm_names = real or ("image_feat.npy", "text_feat.npy")
 
     # MMRec side: a temporary clone with our files installed and the dataset in its data folder.
     clone = work / "MMRec"
-    subprocess.run(["git", "clone", "-q", str(mmrec_src), str(clone)], check=True)
+    if shutil.which("git"):
+        subprocess.run(["git", "clone", "-q", str(mmrec_src), str(clone)], check=True)
+    else:  # a bare machine without git: a plain copy serves the same purpose here
+        shutil.copytree(mmrec_src, clone, ignore=shutil.ignore_patterns(".git"))
     inst.install(clone, report=None)
     mm_folder = clone / "data" / dataset
     mm_folder.mkdir(parents=True, exist_ok=True)
@@ -136,8 +182,8 @@ def prepare(dataset: str, data_dir: Path, work: Path, mmrec_src: Path) -> dict:
                       "x_label": labels}).to_csv(mm_folder / f"{dataset}.inter", sep="\t", index=False)
     else:
         shutil.copyfile(data_dir / f"{dataset}.inter", mm_folder / f"{dataset}.inter")
-    np.save(mm_folder / "image_feat.npy", image)
-    np.save(mm_folder / "text_feat.npy", text)
+    np.save(mm_folder / mm_names[0], image)
+    np.save(mm_folder / mm_names[1], text)
     if not (clone / "src" / "configs" / "dataset" / f"{dataset}.yaml").is_file():
         raise SystemExit(f"{clone}/src/configs/dataset/{dataset}.yaml missing: MMRec has no dataset "
                          f"config for {dataset!r}, and mmrec-rearm does not ship one")
@@ -151,11 +197,12 @@ def prepare(dataset: str, data_dir: Path, work: Path, mmrec_src: Path) -> dict:
         keep = labels == code
         np.save(off_folder / f"{split}.npy", np.vstack((users[keep], items[keep])).astype(np.int64))
         counts[split] = int(keep.sum())
-    for name in ("image_feat.npy", "text_feat.npy"):
-        os.symlink(mm_folder / name, off_folder / name)
+    for ours_name, official_name in zip(mm_names, ("image_feat.npy", "text_feat.npy")):
+        os.symlink(mm_folder / ours_name, off_folder / official_name)
     return {"dataset": dataset, "source": str(data_dir / f"{dataset}.inter"), "n_users": n_users,
-            "n_items": n_items, "rows": counts, "reindexed": reindexed, "image_dim": IMAGE_DIM,
-            "text_dim": TEXT_DIM, "feature_seed": FEATURE_SEED, "clone": str(clone),
+            "n_items": n_items, "rows": counts, "reindexed": reindexed, "image_dim": int(image.shape[1]),
+            "text_dim": int(text.shape[1]), "feature_seed": None if real else FEATURE_SEED,
+            "features": ("real: " + ", ".join(real)) if real else "random", "clone": str(clone),
             "official_root": str(off_root), "seconds": now() - t0}
 
 
@@ -163,13 +210,13 @@ def prepare(dataset: str, data_dir: Path, work: Path, mmrec_src: Path) -> dict:
 # Worker: the official code (runs with cwd = <work>/official)
 
 
-def official_config(dataset: str):
+def official_config(dataset: str, device: str = "cpu"):
     import torch
 
     s = dict(OFFICIAL_COMMON, **OFFICIAL_SETTINGS[dataset])
     cpu = os.cpu_count() or 1
     return types.SimpleNamespace(
-        device=torch.device("cpu"), dataset=dataset, num_user_co=s["user_knn_k"],
+        device=torch.device(device), dataset=dataset, num_user_co=s["user_knn_k"],
         num_item_co=s["item_knn_k"], num_workers=min(cpu // 2, 8), writer=False, **s)
 
 
@@ -178,6 +225,11 @@ def run_official(args) -> dict:
 
     import torch
 
+    import scipy.sparse as sp
+
+    if not hasattr(sp.dok_matrix, "_update"):
+        raise SystemExit("the official get_norm_adj_mat needs scipy.sparse.dok_matrix._update (scipy < 1.12); "
+                         "with a newer scipy put scripts/mmrec_compat on PYTHONPATH (docs/testing.md)")
     official = Path(args.official_src)
     sys.path.insert(0, str(official))
     from utils import data_loader, helper  # noqa: E402  (official modules)
@@ -185,16 +237,18 @@ def run_official(args) -> dict:
     import model as official_model  # noqa: E402
 
     warnings.simplefilter("ignore")  # torch.sparse.FloatTensor deprecation warnings
-    config = official_config(args.dataset)
+    config = official_config(args.dataset, args.device)
+    device = Device(args.device)
     helper.init_seed(config.seed)
-    res: dict = {"threads": torch.get_num_threads(), "num_workers": config.num_workers,
+    res: dict = {"threads": torch.get_num_threads(), "num_workers": config.num_workers, "device": args.device,
                  "settings": {k: v for k, v in vars(config).items() if k != "device"}}
     rss: Dict[str, float] = {}
 
     t = now()
     dataset = data_loader.Load_dataset(config)
-    res["load_dataset_s"] = now() - t
+    res["load_dataset_s"] = device.now() - t
     rss["after Load_dataset (graphs)"] = peak_rss_mb()
+    device.stage("after Load_dataset (graphs)")
     say(f"official: Load_dataset {res['load_dataset_s']:.1f}s, peak {rss['after Load_dataset (graphs)']:.0f} MB")
     t = now()
     valid_rows, test_rows = dataset.load_eval_data()
@@ -203,10 +257,12 @@ def run_official(args) -> dict:
     res["eval_loaders_s"] = now() - t
     t = now()
     net = official_model.REARM(config, dataset).to(config.device)
-    res["model_init_s"] = now() - t
+    res["model_init_s"] = device.now() - t
     optimizer = torch.optim.AdamW(net.parameters(), config.learning_rate, weight_decay=config.reg_weight)
     res["parameters"] = int(sum(p.numel() for p in net.parameters()))
     rss["after model construction"] = peak_rss_mb()
+    device.stage("after model construction")
+    device.start_training_window()
     say(f"official: eval loaders {res['eval_loaders_s']:.1f}s, model {res['model_init_s']:.1f}s, "
         f"{res['parameters']:,} parameters")
 
@@ -221,18 +277,19 @@ def run_official(args) -> dict:
         t = now()
         users, items = next(batches)
         t_data = now() - t
-        t = now()
+        t = device.now()
         optimizer.zero_grad()
         total, bpr, reg, cl, diff = net.loss(users, items)
         if torch.isnan(total):
-            raise SystemExit(f"official loss is NaN at batch {index}")
-        t_fwd = now() - t
+            raise SystemExit(f"official loss is NaN at batch {index} (users without training items get a NaN "
+                             "interest in the official code: apply fix 5 of docs/testing.md, as scripts/gpu-pack.sh does)")
+        t_fwd = device.now() - t
         t = now()
         total.backward()
-        t_bwd = now() - t
+        t_bwd = device.now() - t
         t = now()
         optimizer.step()
-        t_opt = now() - t
+        t_opt = device.now() - t
         rows.append({"data": t_data, "forward": t_fwd, "backward": t_bwd, "optimiser": t_opt,
                      "loss": float(total), "terms": [float(bpr), float(reg), float(cl), float(diff)]})
         say(f"official: batch {index}{' (warm-up)' if index == 0 else ''}: data {t_data:.2f}s "
@@ -240,19 +297,22 @@ def run_official(args) -> dict:
     del batches  # stop the DataLoader worker
     res["batches"] = rows
     rss["after training batches"] = peak_rss_mb()
+    device.stage("after training batches")
 
     harness = types.SimpleNamespace(model=net, topk=config.topk, metrics=config.metrics,
                                     valid_metric=config.valid_metric, writer=None)
     predict_s = _time_calls(net, "full_sort_predict")
-    t = now()
+    t = device.now()
     _, valid_result = evaluate_model(harness, 0, valid_data, t_or_v="valid")
-    res["eval_valid_s"] = now() - t
+    res["eval_valid_s"] = device.now() - t
     t = now()
     _, test_result = evaluate_model(harness, 0, test_data, t_or_v="test")
-    res["eval_test_s"] = now() - t
+    res["eval_test_s"] = device.now() - t
     res["eval_predict_s"] = predict_s["seconds"]
     res["valid_result"], res["test_result"] = valid_result, test_result
     rss["after evaluation"] = peak_rss_mb()
+    device.stage("after evaluation")
+    device.record(res)
     say(f"official: evaluation valid {res['eval_valid_s']:.2f}s test {res['eval_test_s']:.2f}s")
     res["rss_mb"] = rss
     res["peak_rss_mb"] = peak_rss_mb()
@@ -265,6 +325,13 @@ def run_official(args) -> dict:
 
 
 def _mmrec_setup(args, extra: Optional[dict] = None):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not hasattr(np, "float"):
+            raise SystemExit("MMRec's evaluator needs np.float (numpy < 1.24); with a newer numpy put "
+                             "scripts/mmrec_compat on PYTHONPATH (docs/testing.md)")
     sys.path.insert(0, os.getcwd())
     from utils.configurator import Config  # noqa: E402  (MMRec modules)
     from utils.dataloader import EvalDataLoader, TrainDataLoader  # noqa: E402
@@ -274,7 +341,10 @@ def _mmrec_setup(args, extra: Optional[dict] = None):
 
     # A fresh graph cache chosen by the parent (MMREC_REARM_CACHE_DIR), also named in the config.
     cache = {"rearm_cache_dir": os.environ["MMREC_REARM_CACHE_DIR"]} if "MMREC_REARM_CACHE_DIR" in os.environ else {}
-    config = Config("REARM", args.dataset, {"use_gpu": False, "epochs": 1, **cache, **(extra or {})})
+    config = Config("REARM", args.dataset, {"use_gpu": args.device == "cuda", "gpu_id": 0, "epochs": 1, **cache,
+                                            **(extra or {})})
+    if str(config["device"]) != args.device:
+        raise SystemExit(f"MMRec chose device {config['device']}, not {args.device}")
     # The first point of any grid the YAML files declare, as quick_start's first run would use.
     for name in config["hyper_parameters"]:
         value = config[name]
@@ -334,7 +404,8 @@ def run_ours(args) -> dict:
     config, train_data, valid_data, test_data, data_s = _mmrec_setup(args)
     from utils.utils import get_model, get_trainer  # noqa: E402
 
-    res: dict = {"threads": torch.get_num_threads(), "data_loaders_s": data_s,
+    device = Device(args.device)
+    res: dict = {"threads": torch.get_num_threads(), "data_loaders_s": data_s, "device": args.device,
                  "config": {k: _plain(config[k]) for k in OUR_CONFIG_KEYS if config[k] is not None},
                  "cache_dir": os.environ.get("MMREC_REARM_CACHE_DIR")}
     rss: Dict[str, float] = {"after MMRec data loaders": peak_rss_mb()}
@@ -342,12 +413,14 @@ def run_ours(args) -> dict:
     captured = _capture_our_logs()
     t = now()
     model = get_model("REARM")(config, train_data).to(config["device"])
-    res["model_init_s"] = now() - t
+    res["model_init_s"] = device.now() - t
     res["graph"] = _graph_time(captured.lines)
     res["model_log"] = captured.lines[:40]
     res["parameters"] = int(sum(p.numel() for p in model.parameters()))
     res["trainable_parameters"] = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
     rss["after model construction"] = peak_rss_mb()
+    device.stage("after model construction")
+    device.start_training_window()
     say(f"ours: model construction incl. graph build (cold cache) {res['model_init_s']:.1f}s, "
         f"{res['parameters']:,} parameters ({res['trainable_parameters']:,} trainable)")
     trainer = get_trainer()(config, model)
@@ -357,15 +430,15 @@ def run_ours(args) -> dict:
     step = trainer.optimizer.step
 
     def timed_step(*a, **k):
-        t0 = now()
+        t0 = device.now()
         out = step(*a, **k)
-        timers["optimiser"] += now() - t0
+        timers["optimiser"] += device.now() - t0
         return out
 
     def timed_loss(interaction):
-        t0 = now()
+        t0 = device.now()
         out = model.calculate_loss(interaction)
-        timers["forward"] += now() - t0
+        timers["forward"] += device.now() - t0
         timers["batches"] += 1
         return out
 
@@ -395,9 +468,9 @@ def run_ours(args) -> dict:
         batches = TimedBatches()
     trainer.optimizer.step = timed_step
     model.pre_epoch_processing()
-    t = now()
+    t = device.now()
     losses, _ = trainer._train_epoch(batches, 0, loss_func=timed_loss)
-    epoch_s = now() - t
+    epoch_s = device.now() - t
     trainer.optimizer.step = step
     if torch.is_tensor(losses):
         raise SystemExit("ours: loss is NaN during the epoch")
@@ -411,20 +484,23 @@ def run_ours(args) -> dict:
     res["loss_terms"] = [float(x) / max(timers["batches"], 1) for x in
                          (losses if isinstance(losses, tuple) else (losses,))]
     rss["after training epoch"] = peak_rss_mb()
+    device.stage("after training epoch")
     say(f"ours: epoch {epoch_s:.1f}s over {timers['batches']} batches "
         f"(forward {timers['forward']:.1f}s, optimiser {timers['optimiser']:.1f}s, data {timers['data']:.1f}s)")
     trainer.lr_scheduler.step()
     model.post_epoch_processing()
 
     predict_s = _time_calls(model, "full_sort_predict")
-    t = now()
+    t = device.now()
     res["valid_result"] = trainer.evaluate(valid_data)
-    res["eval_valid_s"] = now() - t
+    res["eval_valid_s"] = device.now() - t
     t = now()
     res["test_result"] = trainer.evaluate(test_data)
-    res["eval_test_s"] = now() - t
+    res["eval_test_s"] = device.now() - t
     res["eval_predict_s"] = predict_s["seconds"]
     rss["after evaluation"] = peak_rss_mb()
+    device.stage("after evaluation")
+    device.record(res)
     say(f"ours: evaluation valid {res['eval_valid_s']:.2f}s test {res['eval_test_s']:.2f}s "
         f"(in full_sort_predict {res['eval_predict_s']:.2f}s)")
 
@@ -435,10 +511,10 @@ def run_ours(args) -> dict:
     config["topk"], config["metrics"] = list(OFFICIAL_COMMON["topk"]), list(OFFICIAL_COMMON["metrics"])
     trainer.evaluator = TopKEvaluator(config)
     predict_s["seconds"] = 0.0
-    t = now()
+    t = device.now()
     trainer.evaluate(valid_data)
     trainer.evaluate(test_data)
-    res["eval_official_protocol_s"] = now() - t
+    res["eval_official_protocol_s"] = device.now() - t
     res["eval_official_protocol_predict_s"] = predict_s["seconds"]
     say(f"ours: evaluation valid + test with the official top-k 10/20 protocol "
         f"{res['eval_official_protocol_s']:.2f}s (in full_sort_predict {predict_s['seconds']:.2f}s)")
@@ -604,8 +680,8 @@ def _plain(value):
 
 def run_worker(kind: str, args, work: Path, cwd: Path, env: dict) -> dict:
     result = work / f"{kind}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--dataset", args.dataset, "--batches",
-           str(args.batches), "--our-batches", str(args.our_batches), "--official-src",
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--dataset", args.dataset, "--device", args.device,
+           "--batches", str(args.batches), "--our-batches", str(args.our_batches), "--official-src",
            str(args.official_src), "--profile", str(args.profile), "--worker", kind, "--result", str(result)]
     log = work / f"{kind}.log"
     load_before = os.getloadavg()
@@ -627,199 +703,6 @@ def run_worker(kind: str, args, work: Path, cwd: Path, env: dict) -> dict:
     return res
 
 
-def git_head(folder: Path) -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short=10", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + (" + local changes" if dirty else "")
-    except (subprocess.CalledProcessError, OSError):
-        return "unknown"
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    import numpy
-    import pandas
-    import scipy
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "os": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "scipy": scipy.__version__, "pandas": pandas.__version__}
-
-
-def _fmt_s(x: Optional[float]) -> str:
-    return "n/a" if x is None else (f"{x:.2f} s" if x < 100 else f"{x:.0f} s")
-
-
-def evaluation_note(off: dict, ours: dict) -> str:
-    """Why the valid + test evaluation target can or cannot be met through MMRec's evaluator."""
-    off_eval = off["eval_valid_s"] + off["eval_test_s"]
-    our_eval = ours["eval_valid_s"] + ours["eval_test_s"]
-    host = our_eval - ours["eval_predict_s"]
-    target = TARGETS["evaluation"]
-    if our_eval / off_eval <= target:
-        return ""
-    verdict = ("so no change inside the model can meet the target while MMRec's trainer and evaluator run "
-               "unchanged" if host / off_eval > target else "so the model's share is what is left to cut")
-    return (f"Evaluation target: MMRec's own evaluation loop (run unchanged: masking of training items, "
-            f"`torch.topk` up to k = 50 and its per-user Python membership test for 4 metrics) takes "
-            f"{host:.2f} s of our {our_eval:.2f} s, by itself {host / off_eval:.2f}× the official "
-            f"{off_eval:.2f} s, above the {target:g}× target, {verdict}. The model's part "
-            f"(`full_sort_predict`, representations computed once for both splits) is "
-            f"{ours['eval_predict_s'] / off['eval_predict_s']:.2f}× the official model's; under the official "
-            f"protocol (top-k 10/20, 3 metrics) our whole evaluation is "
-            f"{ours['eval_official_protocol_s'] / off_eval:.2f}× the official one.")
-
-
-def report(args, info: dict, data: dict, off: dict, ours: dict, warm: Optional[dict], total_s: float) -> str:
-    b = off["batches"][1:] or off["batches"]
-    mean = {k: sum(r[k] for r in b) / len(b) for k in ("data", "forward", "backward", "optimiser")}
-    per_batch = sum(mean.values())
-    off_epoch = per_batch * off["batches_per_epoch"]
-    off_eval = off["eval_valid_s"] + off["eval_test_s"]
-    our_eval = ours["eval_valid_s"] + ours["eval_test_s"]
-    n_our = ours["timed_batches"]
-    our_parts = {k: v / max(n_our, 1) for k, v in ours["epoch_parts_s"].items()}
-    rows = []
-
-    def row(name, o, u, target=None, unit="s"):
-        ratio = u / o if o else float("nan")
-        met = "" if target is None else ("**yes**" if ratio <= target else "**no**")
-        tgt = "" if target is None else f"≤ {target:g}×"
-        if unit == "s":
-            fo, fu = _fmt_s(o), _fmt_s(u)
-        elif unit == "MB":
-            fo, fu = f"{o / 1024:.2f} GB", f"{u / 1024:.2f} GB"
-        else:
-            fo, fu = f"{o:,}", f"{u:,}"
-        rows.append(f"| {name} | {fo} | {fu} | {ratio:.3f}× | {tgt} | {met} |")
-
-    row("**training epoch**", off_epoch, ours["epoch_s"], TARGETS["epoch"])
-    row("**evaluation, valid + test**", off_eval, our_eval, TARGETS["evaluation"])
-    row("**peak RSS** (measuring process)", off["peak_rss_mb"], ours["peak_rss_mb"], TARGETS["peak_rss"], "MB")
-    row("per batch: forward + loss", mean["forward"], our_parts["forward"])
-    row("per batch: backward (ours: + trainer bookkeeping)", mean["backward"], our_parts["backward"])
-    row("per batch: optimiser step", mean["optimiser"], our_parts["optimiser"])
-    row("per batch: waiting for the batch (sampling)", mean["data"], our_parts["data"])
-    row("evaluation: valid", off["eval_valid_s"], ours["eval_valid_s"])
-    row("evaluation: test", off["eval_test_s"], ours["eval_test_s"])
-    row("evaluation, valid + test: inside the model's `full_sort_predict`", off["eval_predict_s"],
-        ours["eval_predict_s"])
-    row("evaluation, valid + test: the host's masking, top-k and metrics", off_eval - off["eval_predict_s"],
-        our_eval - ours["eval_predict_s"])
-    row("evaluation, valid + test, ours under the official protocol (top-k 10/20, 3 metrics)", off_eval,
-        ours["eval_official_protocol_s"])
-    row("dataset + graphs (official `Load_dataset`; ours: model construction, cold cache)",
-        off["load_dataset_s"] + off["model_init_s"], ours["model_init_s"])
-    row("parameters", off["parameters"], ours["parameters"], unit="n")
-
-    met_all = (ours["epoch_s"] / off_epoch <= TARGETS["epoch"] and our_eval / off_eval <= TARGETS["evaluation"]
-               and ours["peak_rss_mb"] / off["peak_rss_mb"] <= TARGETS["peak_rss"])
-    s = OFFICIAL_SETTINGS[args.dataset]
-    lines = [
-        "# REARM training benchmark: MMRec plug-in vs the official code",
-        "",
-        f"Produced by `python bench/train.py --dataset {args.dataset} --batches {args.batches}"
-        + (f" --our-batches {args.our_batches}" if args.our_batches else "")
-        + f"` on {time.strftime('%Y-%m-%d %H:%M %Z')}; whole run {total_s / 60:.1f} min. "
-        "Random features: these numbers are about speed and memory only, never about quality.",
-        "",
-        f"All three targets met: **{'yes' if met_all else 'no'}**.",
-        "",
-        "| measure | official | ours (MMRec) | ours / official | target | met |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-        *([evaluation_note(off, ours), ""] if evaluation_note(off, ours) else []),
-        "How each number was taken:",
-        "",
-        f"* **official epoch** = {off['batches_per_epoch']} batches per epoch × {per_batch:.2f} s, the mean of "
-        f"{len(b)} timed batches of {OFFICIAL_COMMON['batch_size']} (after one warm-up batch, "
-        f"{sum(off['batches'][0][k] for k in mean):.2f} s, not counted) drawn by the official `DataLoader` "
-        f"(num_workers={off['num_workers']}, as the official Config picks on this machine). Extrapolated, "
-        "not measured: every batch runs the full-graph forward, so its cost hardly depends on the batch "
-        "(the last, smaller batch costs about the same).",
-        f"* **our epoch** = one real full epoch through MMRec's `Trainer._train_epoch` ({n_our} batches"
-        + (f", extrapolated from {n_our} to {ours['batches_per_epoch']}" if args.our_batches else "")
-        + "); forward (`calculate_loss`) and the optimiser step are timed by wrappers, data by timing "
-        "the `TrainDataLoader`, backward is the remainder (including MMRec's per-batch `clone()` and "
-        "`.item()` calls).",
-        "* **evaluation** = the official `evaluate_model` on valid, then on test (the official "
-        "`full_sort_predict` runs the forward once per 8192-user batch; top-k 10/20, Precision, Recall, "
-        "NDCG), against MMRec's `Trainer.evaluate` on valid, then on test (batches of "
-        f"{ours['config'].get('eval_batch_size', '?')} users; MMRec's default protocol: top-k 5/10/20/50, "
-        "Recall, NDCG, Precision, MAP), each after the training above. Time inside `full_sort_predict` is "
-        "measured by a wrapper; the rest is the host's loop (masking, `torch.topk`, and the evaluator's "
-        "Python membership test per user and ranked position, so it grows with the largest k). The row "
-        "'under the official protocol' repeats our valid + test evaluation with MMRec configured to the "
-        "official top-k and metrics, for a like-for-like comparison.",
-        "* **peak RSS** = `ru_maxrss` of the measuring process, which holds everything from data "
-        "loading to evaluation (official: " + ", ".join(f"{k} {v / 1024:.2f} GB" for k, v in off["rss_mb"].items())
-        + f"; its DataLoader worker peaked at {off['children_peak_rss_mb'] / 1024:.2f} GB, not included. "
-        "Ours: " + ", ".join(f"{k} {v / 1024:.2f} GB" for k, v in ours["rss_mb"].items()) + ").",
-        f"* **graphs**: official `Load_dataset` {off['load_dataset_s']:.1f} s (co-occurrence, dict and kNN "
-        f"graphs) + `REARM.__init__` {off['model_init_s']:.1f} s (normalised adjacency, top-k sampling, "
-        f"fusion); its two evaluation loaders took another {off['eval_loaders_s']:.1f} s. Ours: model "
-        f"construction with a fresh, empty graph cache {ours['model_init_s']:.1f} s"
-        + (f", of which graphs {ours['graph']['seconds']:.1f} s (built, stored in the cache)"
-           if ours.get("graph") else "")
-        + (f"; again with the warm cache {warm['model_init_s']:.1f} s in a separate process"
-           + (f", graphs {'read from the cache' if warm['graph']['hit'] else 'BUILT AGAIN'} in "
-              f"{warm['graph']['seconds']:.2f} s" if warm.get("graph") else "") if warm else "")
-        + f"; MMRec's own dataset + loaders {ours['data_loaders_s']:.1f} s.",
-        "",
-        "## Setup",
-        "",
-        f"* Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM; {info['os']}; "
-        f"CPU only, torch threads: official {off['threads']}, ours {ours['threads']}.",
-        f"* Load average (1/5/15 min) before → after: official {_load(off['load_before'])} → "
-        f"{_load(off['load_after'])}; ours {_load(ours['load_before'])} → {_load(ours['load_after'])}.",
-        f"* Versions: Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, scipy "
-        f"{info['scipy']}, pandas {info['pandas']}. MMRec {info['mmrec_head']} (temporary clone, "
-        f"`mmrec_rearm.install` applied); official REARM {info['official_head']} (Python 3.11 fix of "
-        f"docs/testing.md); mmrec-rearm {info['our_head']}.",
-        f"* Data: `{data['source']}`: {data['n_users']:,} users, {data['n_items']:,} items, train / valid / "
-        f"test rows {data['rows']['train']:,} / {data['rows']['valid']:,} / {data['rows']['test']:,}"
-        + (" (ids re-indexed to be contiguous)" if data["reindexed"] else "")
-        + f"; features uniform random float32 in [0, 1), image {data['image_dim']}-d and text "
-        f"{data['text_dim']}-d, seed {data['feature_seed']}, identical for both sides.",
-        f"* Official settings ({args.dataset}, README): "
-        + ", ".join(f"{k}={v}" for k, v in s.items())
-        + f"; lr {OFFICIAL_COMMON['learning_rate']}, AdamW(weight_decay=reg_weight), batch "
-        f"{OFFICIAL_COMMON['batch_size']}, embedding {OFFICIAL_COMMON['embedding_dim']}, seed {OFFICIAL_COMMON['seed']}.",
-        "* Ours (MMRec config after our YAML files, `-d " + args.dataset + "`, defaults): "
-        + ", ".join(f"{k}={v}" for k, v in ours["config"].items()) + f"; MMRec optimiser {ours['optimiser']}. "
-        "The model logged: " + " / ".join(f"`{line}`" for line in ours.get("model_log", [])
-                                          if line.startswith("REARM") and "graphs" not in line) + ".",
-        f"* Losses (sanity): official first timed batch total {b[0]['loss']:.4f}; ours mean per-term "
-        f"{', '.join(f'{x:.4g}' for x in ours['loss_terms'])}. Metrics after one step/epoch (random "
-        f"features, meaningless): official valid Recall@20 {off['valid_result'].get('Recall@20')}, ours "
-        f"{ours['valid_result'].get('recall@20')}.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _load(values) -> str:
-    return " / ".join(f"{v:.2f}" for v in values)
-
-
 def locate(env: str, default: str) -> Path:
     configured = os.environ.get(env)
     return Path(configured or default).expanduser()
@@ -827,14 +710,18 @@ def locate(env: str, default: str) -> Path:
 
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="baby", choices=sorted(OFFICIAL_SETTINGS))
+    ap.add_argument("--dataset", nargs="+", default=["baby"], choices=sorted(OFFICIAL_SETTINGS),
+                    help="one or more datasets, measured one after the other (default baby)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where both sides train and evaluate (default cpu)")
     ap.add_argument("--data", type=Path, default=None,
-                    help="dataset folder with <dataset>.inter (default: ../shared/data/<dataset>)")
+                    help="folder holding <dataset>/<dataset>.inter (default: ../shared/data)")
     ap.add_argument("--batches", type=int, default=5,
                     help="official training batches timed after one warm-up batch (default 5)")
     ap.add_argument("--our-batches", type=int, default=0,
                     help="time only this many of our batches and extrapolate (default 0: a real full epoch)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown report, a .json beside it (default bench/results/train.md, train-gpu.md with cuda)")
     ap.add_argument("--official-src", type=Path, default=locate("REARM_OFFICIAL_SRC", "~/REARM-official"))
     ap.add_argument("--mmrec", type=Path, default=locate("MMREC_SRC", "~/MMRec"),
                     help="MMRec checkout (or its src/); only a temporary clone is modified")
@@ -850,28 +737,62 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = ap.parse_args(argv)
 
     if args.worker:
+        args.dataset = args.dataset[0]
         run = {"official": run_official, "ours": run_ours, "ours_warm": run_ours_warm,
                "ours_profile": run_ours_profile}[args.worker]
         args.result.write_text(json.dumps(run(args), indent=1, default=_plain))
         return
 
-    mmrec = args.mmrec.parent if args.mmrec.name == "src" else args.mmrec
-    data_dir = args.data or (REPO.parent / "shared" / "data" / args.dataset)
-    for what, path in (("official REARM clone (REARM_OFFICIAL_SRC)", args.official_src / "model.py"),
-                       ("MMRec checkout (MMREC_SRC)", mmrec / "src" / "main.py"),
-                       ("dataset", data_dir / f"{args.dataset}.inter")):
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device cuda: torch {torch.__version__} sees no CUDA device")
+    out = args.out or DEFAULT_OUT[args.device]
+    # the workers run in other folders: every path they get is absolute
+    args.official_src = args.official_src.resolve()
+    mmrec = (args.mmrec.parent if args.mmrec.name == "src" else args.mmrec).resolve()
+    data_root = (args.data or (REPO.parent / "shared" / "data")).resolve()
+    for what, path in [("official REARM clone (REARM_OFFICIAL_SRC)", args.official_src / "model.py"),
+                       ("MMRec checkout (MMREC_SRC)", mmrec / "src" / "main.py")] + [
+                       (f"dataset {name}", data_root / name / f"{name}.inter") for name in args.dataset]:
         if not path.is_file():
             raise SystemExit(f"{what}: {path} not found")
+    info = machine_info(args.device)
+    info.update(mmrec_head=git_head(mmrec), official_head=git_head(args.official_src), our_head=git_head(REPO))
+    measured: Dict[str, dict] = {}
     started = now()
+    for name in args.dataset:
+        one = argparse.Namespace(**{**vars(args), "dataset": name})
+        result = measure(one, mmrec, data_root / name, started)
+        if result is None:  # --profile / --only: printed, no report
+            continue
+        measured[name] = result
+        # written after each dataset, so an interrupted multi-dataset run keeps what it measured
+        if args.device == "cuda":
+            text = gpu_report(args, info, measured, now() - started)
+        else:
+            text = "\n".join(report(argparse.Namespace(**{**vars(args), "dataset": n}), info, m["data"],
+                                    m["official"], m["ours"], m["ours_warm"], m["total_s"])
+                             for n, m in measured.items())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        payload = ({"info": info, **measured[name]} if len(args.dataset) == 1 and args.device == "cpu"
+                   else {"info": info, "device": args.device, "datasets": measured})
+        out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=_plain))
+        say(f"written {out} ({', '.join(measured)})")
+    if measured:
+        print("\n" + out.read_text())
+
+
+def measure(args, mmrec: Path, data_dir: Path, started: float) -> Optional[dict]:
+    """Both sides on one dataset in a temporary work folder -> their results (None for --profile / --only)."""
     work = Path(tempfile.mkdtemp(prefix="rearm-bench-"))
     try:
-        say(f"work folder {work}")
+        say(f"{args.dataset}: work folder {work}")
         data = prepare(args.dataset, data_dir, work, mmrec)
         say(f"data ready in {data['seconds']:.1f}s: {data['n_users']} users, {data['n_items']} items, "
             f"{data['rows']}")
-        info = machine_info()
-        info.update(mmrec_head=git_head(mmrec), official_head=git_head(args.official_src),
-                    our_head=git_head(REPO))
         env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore",
                    MMREC_REARM_CACHE_DIR=str(work / "graph-cache"))
         src = Path(data["clone"]) / "src"
@@ -879,24 +800,17 @@ def main(argv: Optional[List[str]] = None) -> None:
             res = run_worker("ours_profile", args, work, src, env)
             print(res["memory"])
             print(res["by_op"])
-            return
+            return None
         if args.only:
             cwd = Path(data["official_root"]) if args.only == "official" else src
             print(json.dumps(run_worker(args.only, args, work, cwd, env), indent=1, default=_plain))
-            return
+            return None
         say("official code:")
         off = run_worker("official", args, work, Path(data["official_root"]), env)
         say("ours (MMRec):")
         ours = run_worker("ours", args, work, src, env)
         warm = None if args.no_warm else run_worker("ours_warm", args, work, src, env)
-        text = report(args, info, data, off, ours, warm, now() - started)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        (args.out.with_suffix(".json")).write_text(json.dumps(
-            {"info": info, "data": data, "official": off, "ours": ours, "ours_warm": warm}, indent=1,
-            default=_plain))
-        print("\n" + text)
-        say(f"written {args.out}")
+        return {"data": data, "official": off, "ours": ours, "ours_warm": warm, "total_s": now() - started}
     finally:
         if args.keep:
             say(f"kept {work}")

@@ -10,6 +10,12 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# One OpenMP thread for the tests and every MMRec run they start (unless the caller sets it): no
+# result depends on it, and on a busy machine a multi-threaded torch op waits for its descheduled
+# threads (a 2-thread REARM epoch on a TikTok subset took 12x longer with the load at 8).
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 
 # --- torch threads (unit tests of the model and the baselines) ------------------------------------
 
@@ -99,10 +105,15 @@ def mmrec_runtime_problem() -> str:
                            "yaml", "PIL") if importlib.util.find_spec(m) is None]
     if missing:
         return "missing " + ", ".join(missing)
+    import warnings
+
     import numpy
     import scipy.sparse
 
-    if tuple(int(part) for part in numpy.__version__.split(".")[:2]) >= (1, 24):
+    with warnings.catch_warnings():  # numpy < 1.24 warns that the alias is deprecated
+        warnings.simplefilter("ignore")
+        has_float = hasattr(numpy, "float")  # removed in numpy 1.24 (scripts/mmrec_compat restores it)
+    if not has_float:
         return f"numpy {numpy.__version__} lacks np.float, used by MMRec's utils/metrics.py"
     if not hasattr(scipy.sparse.dok_matrix((1, 1)), "_update"):
         return "scipy lacks dok_matrix._update, used by MMRec's LightGCN"
@@ -230,3 +241,33 @@ def read_only_folder(tmp_path, make_read_only):
     folder = tmp_path / "read_only"
     folder.mkdir()
     return make_read_only(folder)
+
+# --- official harness fixtures (tests/official_harness.py: parity and trajectory tests) -----------
+
+@pytest.fixture(scope="session")
+def official(official_src):
+    """The official `utils.helper`, `utils.data_loader` and `model` modules, imported in isolation."""
+    from official_harness import import_official
+
+    return import_official(official_src)
+
+
+@pytest.fixture(scope="session")
+def tiktok_subset():
+    """600 consecutive TikTok users with all their interactions, the items they touch and the real
+    128-d image and audio features; skips (saying how to enable) without the data."""
+    from official_harness import TIKTOK_DEFAULT, TIKTOK_ENV, data_folder_or_skip, read_subset
+
+    folder = data_folder_or_skip(TIKTOK_ENV, TIKTOK_DEFAULT, "TikTok",
+                                 ("tiktok.inter", "image_feat.npy", "audio_feat.npy"))
+    return read_subset(folder)
+
+
+@pytest.fixture(scope="session")
+def baby_subset():
+    """600 consecutive Baby users with all their interactions and the items they touch, with
+    seeded random features of Baby's widths (4096-d image, 384-d text); skips without the data."""
+    from official_harness import BABY_DEFAULT, BABY_ENV, BABY_RANDOM_FEATURES, data_folder_or_skip, read_subset
+
+    folder = data_folder_or_skip(BABY_ENV, BABY_DEFAULT, "Baby", ("baby.inter",))
+    return read_subset(folder, "baby", random_features=BABY_RANDOM_FEATURES)

@@ -1,6 +1,7 @@
 """Layers (eq. 3-15) and losses (eq. 12, 17, 21, 22) of REARM on tiny hand-made inputs."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -49,6 +50,30 @@ def test_sparse_graph_keeps_transpose_and_shares_symmetric():
     assert sym.transpose_matrix is sym.forward_matrix
     with pytest.raises(ValueError, match="square"):
         L.SparseGraph(sp.csr_matrix((2, 3), dtype=np.float32))
+
+
+def test_sparse_graph_is_module_state_that_moves_but_is_not_saved():
+    a = sp.csr_matrix(np.array([[0, 2, 0], [0, 0, 3], [1, 0, 0]], dtype=np.float32))
+    holder = nn.Module()
+    holder.graph = L.SparseGraph(a)
+    assert holder.state_dict() == {}  # a pure function of the data: never in a checkpoint
+    assert {name for name, _ in holder.named_buffers()} == {"graph.forward_matrix", "graph.transpose_buffer"}
+    holder.double()  # dtype (and device) conversions reach the graphs with the module
+    assert holder.graph.dtype == torch.float64 and holder.graph.transpose_matrix.dtype == torch.float64
+    copied = copy.deepcopy(holder)  # sparse CSR tensors need their own deep copy
+    assert copied.graph.forward_matrix is not holder.graph.forward_matrix
+    torch.testing.assert_close(dense(copied.graph), dense(holder.graph))
+    holder.to("meta")
+    assert holder.graph.device.type == "meta" and copied.graph.device.type == "cpu"
+
+
+def test_propagate_refuses_a_graph_on_another_device_or_dtype():
+    g = L.SparseGraph(sp.csr_matrix(np.eye(3, dtype=np.float32)))
+    with pytest.raises(ValueError, match=r"float32 on cpu but the features are torch.float64 on cpu"):
+        L.propagate(g, torch.ones(3, 2, dtype=torch.float64))
+    g.to("meta")  # stands for another device: no silent copy of the graph per call
+    with pytest.raises(ValueError, match=r"on meta but the features are torch.float32 on cpu.*model.to"):
+        L.propagate(g, torch.ones(3, 2))
 
 
 def test_propagate_gradcheck_float64_on_nonsymmetric_graph():
@@ -136,6 +161,31 @@ def test_dropout_attention_chunks_agree_with_one_chunk(monkeypatch):
     torch.testing.assert_close(one, many)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+
+
+def test_gpu_sized_chunks_give_the_same_attention_on_cpu(monkeypatch):
+    """The GPU chunk budget (one large chunk) is exercised on the CPU: same values and gradients."""
+    assert L._chunk_rows(5000, 64, torch.device("cpu")) == L.ATTENTION_CHUNK_ELEMENTS // 64 ** 2
+    assert L._chunk_rows(5000, 64, torch.device("cuda")) == 5000  # a device object needs no GPU
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(300, 16, requires_grad=True) for _ in range(3))
+    keep = torch.rand(300, 16, 16) >= 0.3
+    monkeypatch.setattr(L, "ATTENTION_CHUNK_ELEMENTS", 16 * 16 * 7)  # 7 rows per chunk
+    small = L.scalar_attention(q, k, v, 0.3, training=True, keep_mask=keep)
+    g_small = torch.autograd.grad(small.sum(), (q, k, v))
+    monkeypatch.setattr(L, "ATTENTION_CHUNK_ELEMENTS", L.ATTENTION_CHUNK_ELEMENTS_GPU)
+    large = L.scalar_attention(q, k, v, 0.3, training=True, keep_mask=keep)
+    g_large = torch.autograd.grad(large.sum(), (q, k, v))
+    torch.testing.assert_close(small, large)
+    for a, b in zip(g_small, g_large):
+        torch.testing.assert_close(a, b)
+
+
+def test_bit_weights_are_made_on_the_device():
+    weights = L._bit_weights(torch.device("cpu"))
+    assert weights.dtype == torch.uint8 and weights.tolist() == [1, 2, 4, 8, 16, 32, 64, 128]
+    mask = torch.rand(3, 21) > 0.5
+    assert torch.equal(L._unpack_bits(L._pack_bits(mask), 21), mask)
 
 
 def test_dropout_one_zeroes_attention_like_torch_dropout():
@@ -231,6 +281,16 @@ def test_bpr_loss_known_values():
     assert got.item() == pytest.approx(expected, rel=1e-6)
     # large gaps stay finite
     assert bpr_loss(torch.tensor([0.0]), torch.tensor([1000.0])).item() == pytest.approx(1000.0)
+
+
+def test_bpr_loss_is_exact_for_gaps_above_twenty():
+    """-ln sigmoid(pos - neg) in float64 for a gap of 25 is 25 + ln(1 + e^-25), with gradient
+    sigmoid(25) = 1 - 1.4e-11 (the official LogSigmoid); a thresholded softplus gives 25 and 1."""
+    neg = torch.tensor([25.0], dtype=torch.float64, requires_grad=True)
+    loss = bpr_loss(torch.zeros(1, dtype=torch.float64), neg)
+    loss.backward()
+    assert loss.item() == 25.0 + math.log1p(math.exp(-25.0))
+    assert neg.grad.item() == pytest.approx(1.0 / (1.0 + math.exp(-25.0)), rel=1e-15, abs=0)
 
 
 def test_info_nce_known_values():

@@ -2,6 +2,7 @@
 caching, switches, official state_dict mapping. Tiny synthetic data; CPU."""
 from __future__ import annotations
 
+import copy
 import logging
 import subprocess
 import sys
@@ -15,7 +16,7 @@ torch = pytest.importorskip("torch")
 from mmrec_rearm import host  # noqa: E402
 from mmrec_rearm.errors import CheckpointError, ConfigError, DatasetError  # noqa: E402
 from mmrec_rearm.host import ArrayDataLoader  # noqa: E402
-from mmrec_rearm.model import presets  # noqa: E402
+from mmrec_rearm.model import decay, presets  # noqa: E402
 from mmrec_rearm.model.rearm import REARM, RawTable  # noqa: E402
 from mmrec_rearm.official import (  # noqa: E402
     load_official_state_dict, official_key_map, to_official_state_dict)
@@ -294,13 +295,26 @@ def test_coupled_mode_without_weight_decay_warns(demo, caplog):
 # weight decay modes
 
 
-def test_decoupled_decay_is_adamws_step(demo):
+class _NoUpdate(torch.optim.Optimizer):
+    """An optimizer whose step changes nothing itself: what moves is the decay before the step."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure=None):
+        return None
+
+
+def test_decoupled_decay_uses_the_stepping_optimizers_current_lr(demo):
     model = demo.model(reg_weight=0.5, learning_rate=0.1, learning_rate_scheduler=[0.5, 1])
-    model.pre_epoch_processing()
-    model.pre_epoch_processing()  # epoch 1: lr = 0.1 * 0.5
+    optimizer = _NoUpdate(model.parameters(), lr=0.1)
+    optimizer.param_groups[0]["lr"] = 0.05  # as the host's scheduler sets it; the model counts no epochs
     model.train()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     sum(model.calculate_loss(demo.batch())).backward()
+    for name, p in model.named_parameters():  # backward alone decays nothing
+        torch.testing.assert_close(p.detach(), before[name], rtol=0, atol=0)
+    optimizer.step()
     factor = 1 - 0.05 * 0.5
     for name, p in model.named_parameters():
         if p.grad is None:  # like AdamW: no gradient in this step, no decay
@@ -310,12 +324,42 @@ def test_decoupled_decay_is_adamws_step(demo):
             torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-6, atol=0)
 
 
-def test_no_decay_in_eval_mode_or_other_modes(demo):
-    for overrides in ({}, {"weight_decay_mode": "l2"}):
-        model = demo.model(reg_weight=0.5, **overrides)
-        model.eval()
-        before = model.user_id.weight.detach().clone()
+def test_adam_with_the_decoupled_decay_steps_exactly_like_adamw(demo):
+    ours = demo.model(reg_weight=0.5, learning_rate=0.1)
+    reference = copy.deepcopy(ours)
+    assert decay.attached_weight(reference) == 0.5  # a deep copy decays like the original ...
+    decay.detach(reference)  # ... but this one is stepped by AdamW itself
+    adam = torch.optim.Adam(ours.parameters(), lr=0.1)  # MMRec's optimizer: no weight decay
+    adamw = torch.optim.AdamW(reference.parameters(), lr=0.1, weight_decay=0.5)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.5 ** epoch) for opt in (adam, adamw)]
+    for step in range(4):
+        for model, optimizer in ((ours, adam), (reference, adamw)):
+            model.train()
+            optimizer.zero_grad()
+            torch.manual_seed(step)  # the same attention dropout draws on both sides
+            sum(model.calculate_loss(demo.batch(seed=step))).backward()
+            optimizer.step()
+        if step == 1:  # an epoch boundary: the lr halves
+            for schedule in schedules:
+                schedule.step()
+        for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0, msg=f"step {step}: {name}")
+
+
+def test_decay_leaves_other_optimizers_and_modes_alone(demo):
+    model = demo.model(reg_weight=0.5)
+    other = torch.nn.Linear(2, 2)
+    other(torch.ones(1, 2)).sum().backward()
+    before = other.weight.detach().clone()
+    _NoUpdate(other.parameters(), lr=1.0).step()  # an optimizer without the model's parameters
+    torch.testing.assert_close(other.weight.detach(), before, rtol=0, atol=0)
+    for overrides in ({"weight_decay_mode": "l2"}, {"weight_decay_mode": "coupled", "weight_decay": 1e-3},
+                      {"reg_weight": 0.0}):
+        model = demo.model(**{"reg_weight": 0.5, **overrides})
+        assert decay.attached_weight(model) == 0.0
         sum(model.calculate_loss(demo.batch())).backward()
+        before = model.user_id.weight.detach().clone()
+        _NoUpdate(model.parameters(), lr=1.0).step()
         torch.testing.assert_close(model.user_id.weight.detach(), before, rtol=0, atol=0)
 
 
@@ -464,7 +508,7 @@ def test_raw_tables_in_row_blocks_behave_like_one_table(demo, monkeypatch):
     batch = demo.batch()
     for model in (whole, blocked):  # same draws of the dropout masks
         torch.manual_seed(7)
-        sum(model.calculate_loss(batch)).backward()  # decay hooks modify blocks during backward
+        sum(model.calculate_loss(batch)).backward()
     torch.testing.assert_close(blocked.item_raw[0].weight, whole.item_raw[0].weight)
     grads = torch.cat([b.grad for b in blocked.user_raw[1].blocks])
     torch.testing.assert_close(grads, whole.user_raw[1].blocks[0].grad)
@@ -475,6 +519,24 @@ def test_raw_tables_in_row_blocks_behave_like_one_table(demo, monkeypatch):
 def test_grid_in_the_dataset_yaml_is_explained():
     with pytest.raises(ConfigError, match="hides such a grid"):
         _settings({"dataset": "baby"}, dataset_yaml={"n_layers": [2, 3]})
+
+
+def test_graphs_move_with_the_model_and_stay_out_of_its_state(demo):
+    model = demo.model()
+    graphs = [model.user_graph, model.item_graph, model.interaction_graph]
+    assert not any("graph" in key for key in model.state_dict())
+    model.double()
+    assert all(g.dtype == torch.float64 for g in graphs)
+    users, items = model.eval()()  # float64 end to end: no graph was left behind in float32
+    assert users.dtype == items.dtype == torch.float64
+
+
+def test_host_allocator_tuning_only_for_cpu_models(monkeypatch):
+    from mmrec_rearm.model import rearm as rearm_module
+    calls = []
+    monkeypatch.setattr(rearm_module, "_use_mmap_for_blocks_from", lambda mb: calls.append(mb) or True)
+    assert rearm_module._tune_host_allocator(torch.device("cuda"), 4.0) is False and calls == []
+    assert rearm_module._tune_host_allocator(torch.device("cpu"), 4.0) is True and calls == [4.0]
 
 
 def test_mmap_threshold_setting_defaults_and_applies_on_glibc():

@@ -20,12 +20,7 @@ docs/testing.md explains every check.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import os
-import types
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,164 +30,14 @@ import scipy.sparse as sp
 torch = pytest.importorskip("torch")
 
 from mmrec_rearm.graphs import GraphParams, build_graphs  # noqa: E402
-
-from official_code import import_from_clone  # noqa: E402
-from parity_support import (USER_WINDOW, Subset, fixed_batch, graph_as_csr, perturb, report,  # noqa: E402
-                            tiktok_subset, to_csr, to_torch_sparse)
-
-SUBSET_NAME = "tiktok_parity"
+from official_harness import (  # noqa: E402
+    SCORED_USERS, SETTINGS, OfficialSide, Setting, Subset, _quiet_official, as_float64,
+    build_official, build_official_model, graph_as_csr, official_loss_terms, official_scores, our_config,
+    to_csr, training_batch, write_mmrec_features, write_official_dataset)
 
 VALUE_TOL = 1e-6   # graph values
 SIM_TIE_TOL = 1e-6  # similarities closer than this to the k-th one count as ties
 MODEL_TOL = 1e-5   # scores and loss terms
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """One official hyper-parameter set: graph parameters plus the model's own."""
-
-    name: str
-    graph: dict
-    model: dict
-
-
-BABY = Setting(
-    "baby",
-    graph=dict(user_knn_k=40, item_knn_k=10, u_mm_image_weight=0.2, i_mm_image_weight=0.0,
-               uu_co_weight=0.4, ii_co_weight=0.2),
-    model=dict(n_layers=4, rank=3, s_drop=0.4, m_drop=0.6, n_ii_layers=1, n_uu_layers=1,
-               cl_tmp=0.6, reg_weight=5e-4),
-)
-SPORTS = Setting(
-    "sports",
-    graph=dict(user_knn_k=25, item_knn_k=5, u_mm_image_weight=0.0, i_mm_image_weight=0.2,
-               uu_co_weight=0.9, ii_co_weight=0.2),
-    model=dict(n_layers=5, rank=7, s_drop=1.0, m_drop=0.2, n_ii_layers=2, n_uu_layers=2,
-               cl_tmp=1.5, reg_weight=0.05),
-)
-SETTINGS = (BABY, SPORTS)
-
-
-# --------------------------------------------------------------------------------------------
-# official code, imported in isolation
-# --------------------------------------------------------------------------------------------
-
-_CLASHING_TOP_LEVEL = ("utils", "model", "trainer")
-# attribute names of the official model's fused homogeneous graphs, assembled at run time: the
-# repository's name check rejects the official identifiers spelled out
-OFFICIAL_USER_GRAPH = "stre_" + "uu_graph"
-OFFICIAL_ITEM_GRAPH = "stre_" + "ii_graph"
-
-
-def import_official(folder: Path) -> types.SimpleNamespace:
-    """The official `utils.helper`, `utils.data_loader` and `model` modules as attributes.
-
-    They stay usable after the import (functions keep their globals) but are not left in
-    sys.modules under their generic names. Skips when they do not import (e.g. tqdm missing)."""
-    loaded = import_from_clone(folder, ["utils.helper", "utils.data_loader", "model"], _CLASHING_TOP_LEVEL)
-    return types.SimpleNamespace(helper=loaded.utils_helper, data_loader=loaded.utils_data_loader,
-                                 model=loaded.model)
-
-
-@contextlib.contextmanager
-def _quiet_official(seed: int = 0):
-    """Run official code with its deprecation warnings silenced and numpy's global random
-    state seeded (its neighbour padding draws from it) and restored afterwards."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        np.random.set_state(state)
-
-
-# --------------------------------------------------------------------------------------------
-# the TikTok subset, written once for both sides
-# --------------------------------------------------------------------------------------------
-
-def write_official_dataset(subset: Subset, root: Path) -> None:
-    """The official loader's layout: data/<name>/{train,valid,test}.npy as (2, n) user/item rows,
-    image_feat.npy and text_feat.npy (its second modality; here TikTok's audio)."""
-    folder = root / "data" / SUBSET_NAME
-    folder.mkdir(parents=True)
-    for code, name in enumerate(("train", "valid", "test")):
-        keep = subset.split == code
-        np.save(folder / f"{name}.npy", np.vstack((subset.users[keep], subset.items[keep])))
-    np.save(folder / "image_feat.npy", subset.features["image"])
-    np.save(folder / "text_feat.npy", subset.features["audio"])
-
-
-# --------------------------------------------------------------------------------------------
-# building both sides
-# --------------------------------------------------------------------------------------------
-
-def official_config(setting: Setting, **overrides) -> types.SimpleNamespace:
-    """The attribute bag the official dataset and model read (official defaults elsewhere)."""
-    graph = setting.graph
-    values = dict(
-        device=torch.device("cpu"), dataset=SUBSET_NAME, embedding_dim=64,
-        user_knn_k=graph["user_knn_k"], item_knn_k=graph["item_knn_k"],
-        num_user_co=graph["user_knn_k"], num_item_co=graph["item_knn_k"],
-        u_mm_image_weight=graph["u_mm_image_weight"], i_mm_image_weight=graph["i_mm_image_weight"],
-        uu_co_weight=graph["uu_co_weight"], ii_co_weight=graph["ii_co_weight"],
-        user_aggr_mode="softmax", cl_loss_weight=1.0, diff_loss_weight=1.0, **setting.model,
-    )
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
-
-
-@dataclasses.dataclass
-class OfficialSide:
-    dataset: object              # the official Load_dataset instance
-    graphs: dict                 # name -> float64 CSR of the official graphs
-    user_counts: np.ndarray      # (n_users, n_users) co-occurrence counts
-    item_counts: np.ndarray      # (n_items, n_items)
-    user_popularity: np.ndarray  # (n_users,) what the fallback ranks by; -inf: never picked
-    item_popularity: np.ndarray
-
-
-def build_official(official, setting: Setting, workdir: Path) -> OfficialSide:
-    """The official graphs: `Load_dataset` (cwd = workdir, where data/ lives; it caches the
-    co-occurrence matrices there as .pt, so they are built once for both settings), then the
-    co-occurrence sampling and the homogeneous mixture exactly as `REARM.__init__` does them."""
-    config = official_config(setting)
-    helper = official.helper
-    cpu = config.device
-    with pytest.MonkeyPatch.context() as patch, _quiet_official():
-        patch.chdir(workdir)
-        # an opt-in switch some patched clones carry (zero interest instead of 0/0 = NaN for users
-        # without training items); the tests want the unpatched behaviour
-        patch.delenv("REARM_OFFICIAL_ZERO_EMPTY_USERS", raising=False)
-        dataset = official.data_loader.Load_dataset(config)
-        user_co = helper.topk_sample(dataset.n_users, dataset.dict_user_co_occ_graph, config.num_user_co,
-                                     dataset.topK_users, dataset.topK_users_counts, "softmax", cpu)
-        item_co = helper.topk_sample(dataset.n_items, dataset.dict_item_co_occ_graph, config.num_item_co,
-                                     dataset.topK_items, dataset.topK_items_counts, "softmax", cpu)
-        graphs = {
-            "user_cooccurrence": to_csr(user_co),
-            "item_cooccurrence": to_csr(item_co),
-            "user_interest": to_csr(dataset.u_mm_adj),
-            "item_semantic": to_csr(dataset.i_mm_adj),
-            "user_homogeneous": to_csr(config.uu_co_weight * user_co + (1.0 - config.uu_co_weight) * dataset.u_mm_adj),
-            "item_homogeneous": to_csr(config.ii_co_weight * item_co + (1.0 - config.ii_co_weight) * dataset.i_mm_adj),
-            "item_semantic/image": to_csr(helper.get_knn_adj_mat(dataset.i_v_feat, config.item_knn_k, cpu)),
-            "item_semantic/audio": to_csr(helper.get_knn_adj_mat(dataset.i_t_feat, config.item_knn_k, cpu)),
-        }
-    return OfficialSide(
-        dataset=dataset, graphs=graphs,
-        user_counts=dataset.user_co_occ_matrix.double().numpy(),
-        item_counts=dataset.item_co_occ_matrix.double().numpy(),
-        user_popularity=_popularity(dataset.topK_users, dataset.topK_users_counts, dataset.n_users),
-        item_popularity=_popularity(dataset.topK_items, dataset.topK_items_counts, dataset.n_items),
-    )
-
-
-def _popularity(nodes, counts, n: int) -> np.ndarray:
-    popularity = np.full(n, -np.inf)
-    popularity[np.asarray(nodes, dtype=np.int64)] = counts
-    return popularity
 
 
 def official_user_knn_on_trained_users(official, side: OfficialSide, setting: Setting) -> dict:
@@ -247,13 +92,8 @@ def build_ours(subset: Subset, setting: Setting) -> dict:
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def official(official_src):
-    return import_official(official_src)
-
-
-@pytest.fixture(scope="module")
-def subset() -> Subset:
-    return tiktok_subset()
+def subset(tiktok_subset) -> Subset:
+    return tiktok_subset
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +260,11 @@ def support(matrix: sp.csr_matrix, i: int) -> np.ndarray:
     return idx[val != 0]
 
 
+def report(record_property, name: str, value) -> None:
+    print(f"[parity] {name} = {value}")
+    record_property(name, value)
+
+
 def fail_if(problems: list[str], what: str) -> None:
     if problems:
         shown = "\n  ".join(problems[:10])
@@ -583,63 +428,10 @@ def test_homogeneous_graph_is_the_official_mixture_of_ours(side, co_key, ours, s
 
 # loss weights for the model comparison: distinct and not 1, so a missing or swapped factor
 # shows, and large enough that the terms are not below the tolerance (the official 5e-6 would be)
-LOSS_WEIGHTS = dict(cl_loss_weight=0.5, diff_loss_weight=2.0)
-BATCH_SIZE = 256
-SCORED_USERS = np.arange(0, USER_WINDOW[1] - USER_WINDOW[0], 3)  # includes user 171 (no training items)
-
-
-def build_official_model(official, setting: Setting, side: OfficialSide, graphs: dict, workdir: Path):
-    """The official REARM on the official dataset, then given OUR homogeneous graphs (its own
-    co-occurrence rows are padded at random, which no seed of ours reproduces), perturbed
-    weights, in eval mode (attention dropout off)."""
-    if not hasattr(sp.dok_matrix, "_update"):
-        pytest.skip("PARITY MODEL TESTS SKIPPED: the official get_norm_adj_mat needs "
-                    "scipy.sparse.dok_matrix._update (scipy < 1.12); run them in the MMRec host "
-                    "environment (docs/testing.md)")
-    config = official_config(setting, **LOSS_WEIGHTS)
-    with pytest.MonkeyPatch.context() as patch, _quiet_official(), torch.random.fork_rng():
-        patch.chdir(workdir)
-        torch.manual_seed(0)  # its initialisation draws from torch's global generator
-        model = official.model.REARM(config, side.dataset)
-    setattr(model, OFFICIAL_USER_GRAPH, to_torch_sparse(graphs["user_homogeneous"]))
-    setattr(model, OFFICIAL_ITEM_GRAPH, to_torch_sparse(graphs["item_homogeneous"]))
-    perturb([p for _, p in sorted(model.named_parameters())], seed=7)
-    return model.eval()
-
-
-def official_loss_terms(model, batch, n_users: int) -> dict:
-    """The official loss terms for (users, positives, negatives); its items are offset by n_users
-    and come as (B, 2) [user, user] / [positive, negative] pairs."""
-    users, positives, negatives = batch
-    with torch.no_grad():
-        _, bpr, _, contrastive, orthogonal = model.loss(
-            torch.stack((users, users), dim=1), torch.stack((positives, negatives), dim=1) + n_users)
-    return {"bpr": float(bpr), "contrastive": float(contrastive), "orthogonal": float(orthogonal)}
-
-
-def official_scores(model, users) -> np.ndarray:
-    with torch.no_grad():
-        return model.full_sort_predict([torch.as_tensor(users)]).double().numpy()
-
-
-def our_config(setting: Setting, data_root: Path) -> dict:
-    """Our model's configuration for `setting` (our key names), CPU, no graph cache."""
-    model = setting.model
-    return dict(
-        dataset=SUBSET_NAME, data_path=f"{data_root}{os.sep}", device="cpu",
-        vision_feature_file="image_feat.npy", text_feature_file="audio_feat.npy",
-        embedding_size=64, n_layers=model["n_layers"], n_uu_layers=model["n_uu_layers"],
-        n_ii_layers=model["n_ii_layers"], rank=model["rank"], self_attn_dropout=model["s_drop"],
-        cross_attn_dropout=model["m_drop"], cl_temperature=model["cl_tmp"],
-        cl_loss_weight=LOSS_WEIGHTS["cl_loss_weight"], ort_loss_weight=LOSS_WEIGHTS["diff_loss_weight"],
-        reg_weight=model["reg_weight"], rearm_cache_dir=False, **setting.graph,
-    )
-
-
 @pytest.fixture(scope="module")
 def model_data_root(subset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rearm_ours_data")
-    subset.write_features(root / SUBSET_NAME)
+    write_mmrec_features(subset, root)
     return root
 
 
@@ -672,26 +464,6 @@ def test_our_model_uses_the_graphs_checked_above(our_model, ours):
     for name, graph in (("user_homogeneous", our_model.user_graph), ("item_homogeneous", our_model.item_graph)):
         difference = (graph_as_csr(graph) - ours[name]).tocsr()
         assert not difference.nnz or np.abs(difference.data).max() <= VALUE_TOL, name
-
-
-def as_float64(pair):
-    """Deep copies of (official, ours) computing in float64, so that the comparison measures
-    the algorithms and not float32 rounding (scores reach ~60 after the official LayerNorm,
-    where one float32 ulp is 4e-6). The graphs are not modules, so they are converted by hand."""
-    theirs = copy.deepcopy(pair[0]).double()
-    for name in (OFFICIAL_USER_GRAPH, OFFICIAL_ITEM_GRAPH, "cal_bpr"):
-        setattr(theirs, name, getattr(theirs, name).double())
-    # the official normalised interaction graph carries a float32 epsilon (degree + 1e-7, one ulp
-    # at degree 1); test_interaction_graph_matches_official checks it, here both use ours
-    theirs.norm_adj = to_torch_sparse(graph_as_csr(pair[1].interaction_graph)).double()
-    graph_names = ("user_graph", "item_graph", "interaction_graph")
-    graphs = {name: getattr(pair[1], name) for name in graph_names}
-    # torch cannot deep-copy sparse CSR tensors: share the graphs in the copy, then replace them
-    ours = copy.deepcopy(pair[1], memo={id(g): g for g in graphs.values()}).double()
-    for name, graph in graphs.items():
-        if graph is not None:
-            setattr(ours, name, type(graph)(graph_as_csr(graph), "cpu", torch.float64))
-    return theirs, ours
 
 
 def test_interaction_graph_matches_official(model_pair):
@@ -735,7 +507,7 @@ def test_scores_match_official(precision, request, setting, record_property):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_loss_terms_match_official(precision, request, subset, setting, record_property):
     theirs, ours = _pair_in(precision, request)
-    batch = fixed_batch(subset, BATCH_SIZE, seed=3)
+    batch = training_batch(subset)
     expected = official_loss_terms(theirs, batch, subset.n_users)
     with torch.no_grad():
         bpr, contrastive, orthogonal, reg = ours.calculate_loss(torch.stack(batch))

@@ -127,6 +127,9 @@ def test_every_readme_command_runs_as_pasted(world):
             continue
         if command == "python -m pytest -q":
             continue                                  # this is that run
+        if command == "bash scripts/gpu-check.sh":    # needs a GPU: checked for syntax here, run on a GPU machine
+            assert subprocess.run(["bash", "-n", str(REPO_ROOT / "scripts" / "gpu-check.sh")]).returncode == 0
+            continue
         if words[:2] == ["mkdir", "-p"]:
             assert _bash(command, repo, env).returncode == 0
             target = Path(os.path.expanduser(words[2].replace("~", str(home), 1)))

@@ -55,26 +55,32 @@ def to_torch_csr(matrix: sp.spmatrix, device: torch.device | str = "cpu") -> tor
             size=matrix.shape, device=device, check_invariants=False)
 
 
-class SparseGraph:
+class SparseGraph(nn.Module):
     """A fixed weighted graph ``A`` (n, n) kept as torch sparse CSR together with ``A^T``.
 
     The transpose is materialised once so that the backward pass of :func:`propagate` is one more
-    CSR product instead of a conversion per call; a symmetric matrix shares one tensor.
-    Not an ``nn.Module`` buffer on purpose: sparse CSR tensors do not round-trip through
-    ``state_dict``, and the graphs are a pure function of the data (rebuilt or read from the cache).
+    CSR product instead of a conversion per call; a symmetric matrix keeps one tensor.
+    Both are non-persistent buffers: they move and change dtype with the model that holds them
+    (``model.to(device)``, ``model.double()``) but stay out of its ``state_dict``, since the
+    graphs are a pure function of the data (rebuilt or read from the cache).
     """
 
     def __init__(self, matrix: sp.spmatrix, device: torch.device | str = "cpu", dtype=torch.float32):
+        super().__init__()
         matrix = sp.csr_matrix(matrix)
         if matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"SparseGraph needs a square matrix, got shape {matrix.shape}")
         self.shape = matrix.shape
         self.nnz = int(matrix.nnz)
-        device = torch.device(device)
-        self.forward_matrix = to_torch_csr(matrix, device).to(dtype)
-        symmetric = (abs(matrix - matrix.T) > 0).nnz == 0
-        self.transpose_matrix = (self.forward_matrix if symmetric
-                                 else to_torch_csr(matrix.T.tocsr(), device).to(dtype))
+        self.symmetric = (abs(matrix - matrix.T) > 0).nnz == 0
+        self.register_buffer("forward_matrix", to_torch_csr(matrix, device).to(dtype), persistent=False)
+        transpose = None if self.symmetric else to_torch_csr(matrix.T.tocsr(), device).to(dtype)
+        self.register_buffer("transpose_buffer", transpose, persistent=False)
+
+    @property
+    def transpose_matrix(self) -> torch.Tensor:
+        """``A^T`` (n, n) sparse CSR; the same tensor as ``forward_matrix`` when ``A`` is symmetric."""
+        return self.forward_matrix if self.symmetric else self.transpose_buffer
 
     @classmethod
     def from_tensors(cls, forward: torch.Tensor, transpose: torch.Tensor) -> "SparseGraph":
@@ -90,16 +96,30 @@ class SparseGraph:
     def device(self) -> torch.device:
         return self.forward_matrix.device
 
-    def to(self, device: torch.device | str | None = None, dtype: Optional[torch.dtype] = None) -> "SparseGraph":
-        """Move (in place) to ``device`` / ``dtype``; returns self."""
-        shared = self.transpose_matrix is self.forward_matrix
-        self.forward_matrix = self.forward_matrix.to(device=device, dtype=dtype)
-        self.transpose_matrix = (self.forward_matrix if shared
-                                 else self.transpose_matrix.to(device=device, dtype=dtype))
-        return self
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.forward_matrix.dtype
 
-    def __repr__(self) -> str:
-        return f"SparseGraph(shape={self.shape}, nnz={self.nnz}, device={self.device})"
+    def __deepcopy__(self, memo) -> "SparseGraph":
+        # torch cannot deep-copy sparse CSR tensors (no storage); clone them part by part
+        copy = SparseGraph.__new__(SparseGraph)
+        nn.Module.__init__(copy)
+        copy.shape, copy.nnz, copy.symmetric = self.shape, self.nnz, self.symmetric
+        for name, tensor in self._buffers.items():
+            copy.register_buffer(name, None if tensor is None else _clone_csr(tensor), persistent=False)
+        copy.train(self.training)
+        memo[id(self)] = copy
+        return copy
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, nnz={self.nnz}, symmetric={self.symmetric}"
+
+
+def _clone_csr(tensor: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(tensor.crow_indices().clone(), tensor.col_indices().clone(),
+                                       tensor.values().clone(), size=tensor.shape, check_invariants=False)
 
 
 class _Propagate(torch.autograd.Function):
@@ -116,9 +136,13 @@ class _Propagate(torch.autograd.Function):
 
 
 def propagate(graph: SparseGraph, x: torch.Tensor) -> torch.Tensor:
-    """One message-passing step ``A x``: (n, n) sparse times (n, c) dense -> (n, c)."""
-    if graph.device != x.device or graph.forward_matrix.dtype != x.dtype:
-        graph.to(x.device, x.dtype)
+    """One message-passing step ``A x``: (n, n) sparse times (n, c) dense -> (n, c).
+
+    The graph must already be on ``x``'s device and dtype (it moves with its module): no copy is
+    made here, so a forgotten ``model.to(device)`` is an error instead of a transfer per call."""
+    if graph.device != x.device or graph.dtype != x.dtype:
+        raise ValueError(f"graph {tuple(graph.shape)} is {graph.dtype} on {graph.device} but the features are "
+                         f"{x.dtype} on {x.device}; move the model (and so its graphs) with model.to(...)")
     return _Propagate.apply(x.contiguous(), graph)
 
 
@@ -187,7 +211,10 @@ def _chunk_rows(n_rows: int, d: int, device: torch.device) -> int:
 
 
 def _bit_weights(device: torch.device) -> torch.Tensor:
-    return torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+    """(8,) uint8 ``[1, 2, 4, .., 128]``, made on ``device`` itself (a literal would be a host
+    tensor copied to the device on every call)."""
+    ones = torch.ones(8, dtype=torch.uint8, device=device)
+    return torch.bitwise_left_shift(ones, torch.arange(8, dtype=torch.uint8, device=device))
 
 
 def _pack_bits(mask: torch.Tensor) -> torch.Tensor:

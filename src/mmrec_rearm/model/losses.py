@@ -13,10 +13,11 @@ __all__ = ["bpr_loss", "info_nce", "orthogonal_loss", "pairwise_sum", "l2_penalt
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
     """Eq. (21), averaged over the batch: ``mean(-ln sigmoid(y_ui - y_ui'))``.
 
-    ``pos_scores``, ``neg_scores``: (b,) -> 0-d tensor. Written as ``softplus(neg - pos)``, which is
-    the same value without overflow for large score gaps.
+    ``pos_scores``, ``neg_scores``: (b,) -> 0-d tensor. ``logsigmoid`` is exact and does not overflow
+    for any score gap (``softplus`` switches to the linear approximation above a gap of 20, an
+    error of up to e^-20 per triple).
     """
-    return F.softplus(neg_scores - pos_scores).mean()
+    return -F.logsigmoid(pos_scores - neg_scores).mean()
 
 
 def info_nce(view1: torch.Tensor, view2: torch.Tensor, temperature: float) -> torch.Tensor:

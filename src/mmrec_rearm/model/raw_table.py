@@ -10,9 +10,9 @@ __all__ = ["RawTable"]
 
 def _row_block(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Rows ``start:stop`` of a contiguous 2-D tensor, on the same storage (no copy) but with its
-    own version counter. Slices made by indexing share one counter, so the in-place decay of one
-    block during backward (see ``REARM._install_decoupled_decay``) would look to autograd like a
-    change of every other block still waiting for its gradient."""
+    own version counter. Slices made by indexing share one counter, so an in-place update of one
+    block (the optimizer's step, the decoupled decay) would look to autograd like a change of
+    every other block, e.g. of one still saved by a graph kept for a second backward."""
     block = values.new_empty(0)
     width = values.shape[1]
     block.set_(values.untyped_storage(), values.storage_offset() + start * width, (stop - start, width), (width, 1))

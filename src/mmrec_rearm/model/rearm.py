@@ -37,6 +37,7 @@ from ..errors import ConfigError, DatasetError
 from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder
 from ..features import load_feature_file
 from ..modalities import check_feature_files, selected_modalities
+from . import decay
 from . import layers as L
 from .losses import bpr_loss, info_nce, l2_penalty, orthogonal_loss, pairwise_sum
 from .raw_table import RawTable
@@ -96,6 +97,12 @@ def _return_free_heap_to_os() -> None:
         pass
 
 
+def _tune_host_allocator(device: torch.device, mmap_threshold_mb: float) -> bool:
+    """The glibc tuning above, for a model that trains on the CPU only: a GPU model's step blocks
+    are device memory, which the host allocator never sees. -> whether the mmap threshold applied."""
+    return device.type == "cpu" and _use_mmap_for_blocks_from(mmap_threshold_mb)
+
+
 def _mean_of_items(inter: sp.csr_matrix, item_values: torch.Tensor) -> torch.Tensor:
     """Each user's mean over its training items' raw vectors (the paper's u_m of Sec. 4.1):
     (n_users, n_items) 0/1 x (n_items, d_m) -> (n_users, d_m). A user without training items gets
@@ -131,7 +138,8 @@ class REARM(CachedScoring, BaseRecommender):
         logger.info(s.summary())
         self._check_weight_decay(s)
 
-        if _use_mmap_for_blocks_from(s.malloc_mmap_threshold_mb):
+        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        if _tune_host_allocator(device, s.malloc_mmap_threshold_mb):
             logger.info("REARM: allocations >= %s MB use mmap (malloc_mmap_threshold_mb)", s.malloc_mmap_threshold_mb)
         inter = _binary_csr(dataloader.inter_matrix(form="coo"))
         if inter.shape != (self.n_users, self.n_items):
@@ -143,7 +151,6 @@ class REARM(CachedScoring, BaseRecommender):
         n_mod = len(feats)
         d = s.embedding_size
         self.embedding_size, self.n_modalities = d, n_mod
-        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
 
         # ---- graphs (built once, or read from the cache) -----------------------------------
         t0 = time.perf_counter()
@@ -178,10 +185,9 @@ class REARM(CachedScoring, BaseRecommender):
         self.to(device)
 
         self.representation_passes = 0  # full passes over the graph (tests, profiling)
-        self._epoch = -1
-        self._decay_factor: Optional[float] = None
-        self._decay_hooks = self._install_decoupled_decay(s)
-        _return_free_heap_to_os()
+        self._attach_decay()
+        if device.type == "cpu":  # graph building's freed heap; a GPU model's steps do not reuse it
+            _return_free_heap_to_os()
 
     # ------------------------------------------------------------------------------------------
     # construction helpers
@@ -244,35 +250,17 @@ class REARM(CachedScoring, BaseRecommender):
         for proj in list(self.item_proj) + list(self.user_proj):
             nn.init.xavier_normal_(proj.weight)
 
-    def _install_decoupled_decay(self, s: RearmSettings) -> list:
-        """AdamW's decoupled weight decay inside the model (weight_decay_mode 'decoupled').
+    def _attach_decay(self) -> None:
+        """AdamW's decoupled weight decay (weight_decay_mode 'decoupled'): before each step of the
+        host's optimizer, each parameter with a gradient is multiplied by ``1 - lr * reg_weight``
+        with the lr of that optimizer's param group at that moment (see :mod:`.decay`)."""
+        s = self.settings
+        if s.weight_decay_mode == "decoupled" and s.reg_weight > 0:
+            decay.attach(self, s.reg_weight)
 
-        Each parameter is multiplied by ``1 - lr * reg_weight`` right after its gradient of the
-        current training step is complete (a post-accumulate-grad hook), i.e. after the gradient
-        was taken at the old value and before MMRec's optimizer applies its Adam update: exactly
-        AdamW's step. Like AdamW, a parameter without a gradient in a step is not decayed.
-        """
-        if s.weight_decay_mode != "decoupled" or s.reg_weight == 0:
-            return []
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not hasattr(params[0], "register_post_accumulate_grad_hook"):  # torch < 2.1
-            logger.warning("REARM: torch %s has no post-accumulate-grad hooks; the decoupled weight "
-                           "decay is applied before each forward instead (same up to ordering).",
-                           torch.__version__)
-            return []
-
-        def hook(param: torch.Tensor) -> None:
-            if self._decay_factor is not None and self.training:
-                with torch.no_grad():
-                    param.mul_(self._decay_factor)
-
-        return [p.register_post_accumulate_grad_hook(hook) for p in params]
-
-    def _current_lr(self) -> float:
-        # MMRec's LambdaLR: lr * factor ** (epoch / step), advanced once per epoch
-        factor, step = self.settings.lr_scheduler
-        epoch = max(self._epoch, 0)
-        return self.settings.learning_rate * (factor ** (epoch / step) if step else 1.0)
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self._attach_decay()  # deep copies and unpickled models decay like the original
 
     # ------------------------------------------------------------------------------------------
     # the network
@@ -348,16 +336,6 @@ class REARM(CachedScoring, BaseRecommender):
     # ------------------------------------------------------------------------------------------
     # MMRec interface
 
-    def pre_epoch_processing(self):
-        self._epoch += 1
-
-    def resume_state(self) -> dict:
-        """Training progress outside the parameters: the epoch counter of the decay schedule."""
-        return {"epoch": self._epoch}
-
-    def load_resume_state(self, state: dict) -> None:
-        self._epoch = int(state["epoch"])
-
     def train(self, mode: bool = True):
         """``train(True)`` drops the evaluation cache (training changes the representations);
         ``train(False)`` keeps it, so MMRec's valid and test passes (each starting with ``eval()``)
@@ -372,18 +350,11 @@ class REARM(CachedScoring, BaseRecommender):
     def calculate_loss(self, interaction: torch.Tensor):
         """Eq. (22) for one batch -> the tuple of its terms (MMRec sums them and logs each):
         ``(bpr, lambda_cl * L_cl, lambda_ort * L_ort, reg)``. ``reg`` is ``reg_weight * ||Theta||^2``
-        with weight_decay_mode 'l2', else 0 (the decay then acts in the optimizer step)."""
+        with weight_decay_mode 'l2', else 0 (the decay then acts in the optimizer step, see
+        :meth:`_attach_decay`)."""
         self._eval_cache = None
         s = self.settings
         users, pos, neg = interaction[0], interaction[1], interaction[2]
-        if self.training and torch.is_grad_enabled() and s.weight_decay_mode == "decoupled" and s.reg_weight:
-            self._decay_factor = 1.0 - self._current_lr() * s.reg_weight
-            if not self._decay_hooks:  # old torch: decay before the forward instead
-                with torch.no_grad():
-                    for p in self.parameters():
-                        if p.requires_grad:
-                            p.mul_(self._decay_factor)
-                self._decay_factor = None
         modal, ids = self._propagate_all()
         user_rep = self._final(modal, ids, users, "user")
         item_rep = self._final(modal, ids, torch.cat([pos, neg]), "item")
