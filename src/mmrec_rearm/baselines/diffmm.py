@@ -175,6 +175,8 @@ class DiffMM(BaselineRecommender):
         super()._apply(fn, *args, **kwargs)
         if "denoisers" in self.__dict__:
             self.denoisers._apply(fn, *args, **kwargs)
+        for graph in self.__dict__.get("modal_graphs") or ():  # a plain list: the generated graphs move too
+            graph._apply(fn, *args, **kwargs)
         return self
 
     @property

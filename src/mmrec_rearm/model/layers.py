@@ -87,9 +87,12 @@ class SparseGraph(nn.Module):
         """A graph from ready torch CSR tensors ``A`` and ``A^T`` (n, n), e.g. an edge-dropped copy
         of another graph; no check that ``transpose`` is ``A^T``."""
         graph = cls.__new__(cls)
+        nn.Module.__init__(graph)
         graph.shape = tuple(forward.shape)
         graph.nnz = int(forward.values().numel())
-        graph.forward_matrix, graph.transpose_matrix = forward, transpose
+        graph.symmetric = transpose is forward
+        graph.register_buffer("forward_matrix", forward, persistent=False)
+        graph.register_buffer("transpose_buffer", None if graph.symmetric else transpose, persistent=False)
         return graph
 
     @property
