@@ -1,4 +1,5 @@
-"""Data and comparisons shared by the parity tests (REARM's and the five baselines').
+"""Data and comparisons shared by the parity tests of the five baselines (the TikTok subset, its
+``Subset`` type and the graph conversions come from tests/official_harness.py, REARM's harness).
 
 * :func:`tiktok_subset` reads the real TikTok window all parity tests use (600 users with all
   their interactions, the items they touch, their 128-d image and audio features), or skips;
@@ -13,84 +14,26 @@ How the authors' code is found and imported: tests/official_code.py.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Tuple
 
 import numpy as np
-import pytest
 import scipy.sparse as sp
 import torch
 
 from mmrec_rearm.model.layers import SparseGraph
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TIKTOK_ENV = "REARM_TIKTOK_DATA"
-#: the users of the window (TikTok ids) of every parity test
-USER_WINDOW = (4200, 4800)
+# the data and conversions REARM's official-code harness owns, shared by every parity test
+from official_harness import (TIKTOK_DEFAULT, TIKTOK_ENV, USER_WINDOW, Subset, data_folder_or_skip,  # noqa: F401
+                              graph_as_csr, read_subset, to_csr, to_torch_sparse)
+
 #: largest scaled difference (:func:`scaled_difference`) a float64 baseline parity check accepts
 TOLERANCE = 1e-6
 
 
-@dataclasses.dataclass
-class Subset:
-    """Users of a window of TikTok with all their rows; users and items re-indexed (items in id order)."""
-
-    users: np.ndarray        # (n,) user id - window start, every split
-    items: np.ndarray        # (n,) re-indexed item ids
-    split: np.ndarray        # (n,) 0 train / 1 valid / 2 test
-    features: Dict[str, np.ndarray]  # "image" / "audio" -> (n_items, 128) float32
-    n_users: int
-    n_items: int
-
-    @property
-    def train(self) -> sp.csr_matrix:
-        """The training split as (n_users, n_items) float32 0/1 CSR."""
-        keep = self.split == 0
-        matrix = sp.csr_matrix((np.ones(keep.sum(), dtype=np.float32), (self.users[keep], self.items[keep])),
-                               shape=(self.n_users, self.n_items))
-        matrix.sum_duplicates()
-        matrix.data[:] = 1.0
-        return matrix
-
-    @property
-    def users_without_training(self) -> np.ndarray:
-        return np.flatnonzero(np.diff(self.train.indptr) == 0)
-
-    def write_features(self, folder: Path) -> None:
-        """image_feat.npy / audio_feat.npy where the host stand-in loads them."""
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, values in self.features.items():
-            np.save(folder / f"{name}_feat.npy", values)
-
-
-def tiktok_folder() -> Optional[Path]:
-    """``$REARM_TIKTOK_DATA``, else ``shared/data/tiktok`` beside the repository or one level up
-    (a git worktree of the repository); None when it holds no tiktok.inter."""
-    configured = os.environ.get(TIKTOK_ENV)
-    folders = ([Path(configured).expanduser()] if configured else
-               [REPO_ROOT.parent / "shared" / "data" / "tiktok", REPO_ROOT.parents[1] / "shared" / "data" / "tiktok"])
-    return next((folder for folder in folders if (folder / "tiktok.inter").is_file()), None)
-
-
-def read_subset(folder: Path, window: Tuple[int, int] = USER_WINDOW) -> Subset:
-    table = np.loadtxt(folder / "tiktok.inter", dtype=np.int64, delimiter="\t", skiprows=1, usecols=(0, 1, 4))
-    low, high = window
-    table = table[(table[:, 0] >= low) & (table[:, 0] < high)]
-    item_ids, items = np.unique(table[:, 1], return_inverse=True)
-    features = {name: np.load(folder / f"{name}_feat.npy")[item_ids].astype(np.float32) for name in ("image", "audio")}
-    return Subset(users=table[:, 0] - low, items=items, split=table[:, 2], features=features,
-                  n_users=high - low, n_items=len(item_ids))
-
-
 def tiktok_subset(window: Tuple[int, int] = USER_WINDOW) -> Subset:
-    """:func:`read_subset` of the TikTok data, or skip the test saying how to enable it."""
-    folder = tiktok_folder()
-    if folder is None:
-        pytest.skip(f"PARITY TESTS SKIPPED: TikTok data not found; set {TIKTOK_ENV} to a folder with "
-                    "tiktok.inter, image_feat.npy and audio_feat.npy")
-    return read_subset(folder, window)
+    """:func:`official_harness.read_subset` of the TikTok data, or skip the test saying how to enable it."""
+    folder = data_folder_or_skip(TIKTOK_ENV, TIKTOK_DEFAULT, "tiktok", ("tiktok.inter", "image_feat.npy", "audio_feat.npy"))
+    return read_subset(folder, "tiktok", window)
 
 
 def training_pairs(subset: Subset) -> Tuple[np.ndarray, np.ndarray]:
@@ -129,29 +72,6 @@ def eval_users(subset: Subset, count: int = 100) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------
 # conversions
-
-
-def to_csr(tensor: torch.Tensor) -> sp.csr_matrix:
-    """A torch sparse (or dense) 2-d tensor as float64 CSR, duplicate entries summed."""
-    if tensor.layout != torch.strided:
-        tensor = tensor.detach().coalesce()
-        rows, cols = tensor.indices().numpy()
-        return sp.csr_matrix((tensor.values().double().numpy(), (rows, cols)), shape=tuple(tensor.shape))
-    return sp.csr_matrix(tensor.detach().double().numpy())
-
-
-def to_torch_sparse(matrix: sp.spmatrix, dtype=torch.float32) -> torch.Tensor:
-    """Torch sparse COO (the authors' graph format) of a scipy matrix."""
-    coo = sp.coo_matrix(matrix)
-    indices = torch.from_numpy(np.vstack((coo.row, coo.col)).astype(np.int64))
-    return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data).to(dtype), coo.shape).coalesce()
-
-
-def graph_as_csr(graph: SparseGraph) -> sp.csr_matrix:
-    """Our SparseGraph (torch sparse CSR) as float64 scipy CSR."""
-    m = graph.forward_matrix
-    return sp.csr_matrix((m.values().double().numpy(), m.col_indices().numpy(), m.crow_indices().numpy()),
-                         shape=tuple(m.shape))
 
 
 def float64_graph(matrix: sp.spmatrix) -> SparseGraph:
