@@ -339,7 +339,8 @@ def test_sigterm_kills_the_trials_in_flight_and_the_next_call_reruns_them(tmp_pa
     results = tmp_path / "results"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "mmrec_rearm.cli", "tune", "--mmrec", str(root), "-d", "toy", "-m", "T",
-               "--trials", "3", "--epochs", "4", "--results", str(results), "--jobs", "2", "--set", "T.pause=1"]
+               "--trials", "3", "--epochs", "4", "--results", str(results), "--jobs", "2", "--set", "T.pause=3"]
+    # 3 s per epoch: on a busy machine no trial may finish before the second one's run has started
     worker = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while len(_running(str(results / "toy" / "logs"))) < 2 and time.time() < deadline:
