@@ -9,5 +9,7 @@ PY=${PYTHON:-python3}
 pins=requirements-mmrec-host.txt
 if [ -f ../shared/env/mmrec-host-constraints.txt ]; then pins=../shared/env/mmrec-host-constraints.txt; fi
 .venv/bin/pip install -q --disable-pip-version-check -r "$pins" 2>&1 | { grep -v "^WARNING: Location" || true; }
+# MMRec's SLMRec imports scikit-learn, which MMRec's own requirements (and the shared pins) leave out.
+.venv/bin/python -c "import sklearn" 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check 'scikit-learn<1.8' 2>&1 | { grep -v "^WARNING: Location" || true; }
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 .venv/bin/python -c "import mmrec_rearm, torch, numpy, scipy, lmdb, yaml; print('mmrec-rearm ready: torch', torch.__version__, 'numpy', numpy.__version__, 'scipy', scipy.__version__)"

@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import importlib
 import os
-import sys
 import types
 import warnings
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+
+from official_code import import_from_clone, isolated_imports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIKTOK_ENV = "REARM_TIKTOK_DATA"
@@ -72,46 +73,15 @@ OFFICIAL_USER_GRAPH = "stre_uu_graph"
 OFFICIAL_ITEM_GRAPH = "stre_ii_graph"
 
 
-@contextlib.contextmanager
-def _isolated_sys_path(folder: Path, top_level: tuple = _CLASHING_TOP_LEVEL):
-    """Make `folder` importable first while hiding (and afterwards restoring) any already
-    imported module that shares a top-level name with `top_level` (default: the official
-    code's modules). No bytecode is written into `folder`."""
-
-    def clashing(name: str) -> bool:
-        return name.split(".")[0] in top_level
-
-    saved = {name: mod for name, mod in sys.modules.items() if clashing(name)}
-    for name in saved:
-        del sys.modules[name]
-    sys.path.insert(0, str(folder))
-    write_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        yield
-    finally:
-        sys.dont_write_bytecode = write_bytecode
-        sys.path.remove(str(folder))
-        for name in [name for name in sys.modules if clashing(name)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-
-
 def import_official(folder: Path) -> types.SimpleNamespace:
-    """The official `utils.helper`, `utils.data_loader` and `model` modules as attributes.
-
-    They stay usable after the import context closes (functions keep their globals) but are
-    not left in sys.modules under their generic names."""
-    with _isolated_sys_path(folder), warnings.catch_warnings():
+    """The official `utils.helper`, `utils.data_loader` and `model` modules as attributes,
+    imported in isolation by :func:`official_code.import_from_clone` (the importer every parity
+    test shares). They stay usable afterwards (functions keep their globals) but are not left in
+    sys.modules under their generic names; the test skips, saying why, when they do not import."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            return types.SimpleNamespace(
-                helper=importlib.import_module("utils.helper"),
-                data_loader=importlib.import_module("utils.data_loader"),
-                model=importlib.import_module("model"),
-            )
-        except ImportError as exc:  # e.g. tqdm / matplotlib missing from the environment
-            pytest.skip(f"PARITY TESTS SKIPPED: the official code at {folder} does not import "
-                        f"({exc}); see docs/testing.md")
+        loaded = import_from_clone(folder, ["utils.helper", "utils.data_loader", "model"], _CLASHING_TOP_LEVEL)
+    return types.SimpleNamespace(helper=loaded.utils_helper, data_loader=loaded.utils_data_loader, model=loaded.model)
 
 
 def import_mmrec_trainer(src: Path) -> types.SimpleNamespace:
@@ -119,7 +89,7 @@ def import_mmrec_trainer(src: Path) -> types.SimpleNamespace:
     ``src`` folder, imported in isolation like the official modules (nothing is written there)."""
     import yaml
 
-    with _isolated_sys_path(src, _MMREC_TOP_LEVEL), warnings.catch_warnings():
+    with isolated_imports(src, _MMREC_TOP_LEVEL), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             trainer = importlib.import_module("common.trainer")
@@ -153,6 +123,7 @@ def _quiet_official(seed: int = 0):
 
 def to_csr(tensor) -> sp.csr_matrix:
     """A torch sparse (or dense) 2-d tensor as float64 CSR with duplicate entries summed."""
+    tensor = tensor.detach()
     if tensor.layout != torch.strided:
         tensor = tensor.coalesce()
         rows, cols = tensor.indices().numpy()
@@ -161,11 +132,11 @@ def to_csr(tensor) -> sp.csr_matrix:
     return sp.csr_matrix(tensor.double().numpy())
 
 
-def to_torch_sparse(matrix: sp.spmatrix):
-    """float32 torch sparse COO (the official model's graph format); .double() for float64."""
-    coo = sp.coo_matrix(matrix, dtype=np.float32)
+def to_torch_sparse(matrix: sp.spmatrix, dtype=torch.float32):
+    """Torch sparse COO (the official models' graph format) of a scipy matrix, in ``dtype``."""
+    coo = sp.coo_matrix(matrix)
     indices = torch.from_numpy(np.vstack((coo.row, coo.col)).astype(np.int64))
-    return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data), coo.shape).coalesce()
+    return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data).to(dtype), coo.shape).coalesce()
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,6 +165,12 @@ class Subset:
     @property
     def users_without_training(self) -> np.ndarray:
         return np.flatnonzero(np.diff(self.train.indptr) == 0)
+
+    def write_features(self, folder: Path) -> None:
+        """``<name>_feat.npy`` per modality in ``folder``, where the host stand-in loads them."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, values in self.features.items():
+            np.save(folder / f"{name}_feat.npy", values)
 
 
 def read_subset(folder: Path, dataset: str = "tiktok", window: tuple = USER_WINDOW,
@@ -380,10 +357,7 @@ def official_scores(model, users) -> np.ndarray:
 
 def write_mmrec_features(subset: Subset, root: Path) -> None:
     """Feature files where our model's host stand-in looks: <data_path><dataset>/<name>_feat.npy."""
-    folder = root / SUBSET_NAME
-    folder.mkdir(parents=True)
-    for name, values in subset.features.items():
-        np.save(folder / f"{name}_feat.npy", values)
+    subset.write_features(root / SUBSET_NAME)
 
 
 def our_config(setting: Setting, data_root: Path, modalities: tuple = ("image", "audio"), **overrides) -> dict:

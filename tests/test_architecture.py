@@ -19,8 +19,9 @@ NO_TORCH_NO_MMREC = ("data", "inter_parse", "features", "modalities", "graphs", 
                      "mmrec_yaml", "cli", "costmodel", "estimate")
 #: The only modules that import MMRec: the host adapter and the run's child process.
 MMREC_IMPORTERS = {"host", "experiments.runner"}
-#: The experiment modules that import torch: loading a checkpoint, and the child's state writer.
-EXPERIMENTS_WITH_TORCH = {"experiments.checkpoints", "experiments.runner_state"}
+#: The experiment modules that import torch: loading a checkpoint, the child's state writer, and the
+#: child's in-memory fixes of MMRec models (e.g. Tensor.cuda on a host without CUDA).
+EXPERIMENTS_WITH_TORCH = {"experiments.checkpoints", "experiments.runner_state", "experiments.runner_fixes"}
 #: The run's child process: loaded by path in MMRec's Python, standard library at module level.
 CHILD_SIDE = ("experiments.runner", "experiments.runner_events", "experiments.runner_state",
               "experiments.runner_checkpoint", "experiments.runner_fixes", "experiments.checkpoint_format",

@@ -214,7 +214,7 @@ def test_format_version_and_builder_version_invalidate(tmp_path, params, monkeyp
     data = make_data()
     key = cache.fingerprint(data, params)
     cache.load_or_build(data, params, cache_dir=tmp_path)
-    monkeypatch.setattr(cache, "FORMAT_VERSION", cache.FORMAT_VERSION + 1)
+    monkeypatch.setattr(cache.keys, "FORMAT_VERSION", cache.FORMAT_VERSION + 1)
     assert cache.fingerprint(data, params) != key
     assert cache.load_or_build(data, params, cache_dir=tmp_path)[1] is False
     monkeypatch.undo()
@@ -293,7 +293,7 @@ def _edit(directory: Path, key: str, how: str) -> None:
             elif how == "object_dtype":  # a manifest claiming an object array is refused
                 body = json.loads(txn.get(manifest_key))
                 body["arrays"]["item_semantic/data"]["dtype"] = "|O"
-                body["manifest_sha256"] = cache._manifest_digest(body)
+                body["manifest_sha256"] = cache.entry.manifest_digest(body)
                 txn.put(manifest_key, json.dumps(body).encode())
             else:
                 raise AssertionError(how)

@@ -23,6 +23,7 @@ from mmrec_rearm.experiments import (compare, convert_official_splits, cooccurre
 from mmrec_rearm.experiments.datasets import MARKER
 from mmrec_rearm.experiments.launch import launch
 from mmrec_rearm.experiments.mmrec_config import merged_config, mmrec_src, parse_yaml_text
+from mmrec_rearm.experiments.paper import paper_row
 from mmrec_rearm.experiments.plan import RunSpec, build_plan, parse_overrides, run_key, seed_list
 from mmrec_rearm.experiments.runner import parse_final_lines
 from mmrec_rearm.experiments.stats import comparisons, paired_test, select_on_validation, summarise
@@ -89,6 +90,8 @@ def test_unknown_model_names_the_fix(tmp_path):
     # the hint names this checkout (tests/test_run.py runs it as printed)
     with pytest.raises(ConfigError, match=rf"REARM is not installed into this checkout.* install --mmrec {root}`"):
         compare(root, "toy", ["A", "REARM"], run_fn=lambda *a: {}, progress=None, results_dir=tmp_path / "r")
+    with pytest.raises(ConfigError, match=rf"MIGGT is not installed into this checkout.* install --mmrec {root}`"):
+        compare(root, "toy", ["A", "MIGGT"], run_fn=lambda *a: {}, progress=None, results_dir=tmp_path / "r")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,6 +163,40 @@ def test_table2_markdown_exact_with_paper_numbers_beside():
     report = report_markdown("baby", summaries, ["REARM", "LightGCN"], comparisons(summaries, "REARM"), "REARM", "s")
     assert "| LightGCN | +36.36% (p<0.001, n=2) | +35.29% (p<0.001, n=2) |" in report
     assert "- R@20: LightGCN, REARM 0.1150 vs 0.0850, +35.29% (p<0.001, n=2)" in report
+
+
+def test_table2_shows_the_paper_row_name_and_numbers_of_an_mmrec_model_named_otherwise():
+    tests = {"recall@10": 0.06, "recall@20": 0.10, "ndcg@10": 0.03, "ndcg@20": 0.04}
+    recs = [record("MIGGT", {}, s, {"recall@20": 0.1}, tests) for s in (1, 2)]
+    summaries = summarise(recs, {"MIGGT": "recall@20"}, ["MIGGT"])
+    row = table2_markdown("baby", summaries, ["MIGGT"], None).splitlines()[2]
+    assert row.startswith("| MIG-GT | ") and "| 0.0665 |" in row and "| 0.1021 |" in row
+    assert paper_row("sports", "MIGGT") == paper_row("sports", "MIG-GT") == (0.0753, 0.1130, 0.0414, 0.0511)
+
+
+#: the 19 Table-2 models by their MMRec names (MIG-GT runs as MIGGT)
+TABLE2_MODELS = ("BPR", "LightGCN", "ApeGNN", "MGDN", "VBPR", "MMGCN", "DualGNN", "GRCN", "LATTICE", "BM3",
+                 "SLMRec", "MICRO", "MGCN", "DiffMM", "FREEDOM", "LGMRec", "DRAGON", "MIGGT", "REARM")
+
+
+def test_table2_keeps_the_paper_row_order_with_its_numbers_beside_all_19_rows():
+    tests = {"recall@10": 0.05, "recall@20": 0.08, "ndcg@10": 0.03, "ndcg@20": 0.04}
+    shuffled = list(TABLE2_MODELS[::-1][1:]) + ["Mine", "REARM"]  # REARM requested last, an unlisted model
+    recs = [record(m, {}, 1, {"recall@20": 0.1}, tests) for m in shuffled]
+    summaries = summarise(recs, {m: "recall@20" for m in shuffled}, shuffled)
+    rows = table2_markdown("sports", summaries, ["REARM"] + shuffled[:-1], "REARM").splitlines()[2:]
+    names = [row.split(" | ")[0].lstrip("| ") for row in rows]
+    paper = [m if m != "MIGGT" else "MIG-GT" for m in TABLE2_MODELS]
+    assert names == paper[:-1] + ["Mine", "REARM"]
+    for name, row in zip(names, rows):
+        cells = row.strip("|").split(" | ")
+        published = paper_row("sports", name)
+        if name == "Mine":
+            assert published is None and cells[2] == "—"
+        else:
+            assert cells[2::2][:4] == [f"{v:.4f}" for v in published], name  # R@10 .. N@20 (paper)
+    assert [r.split(" | ")[0].lstrip("| ") for r in table2_markdown("tiktok", summaries, shuffled, "REARM")
+            .splitlines()[2:]] == names  # the same order without the paper's numbers
 
 
 def test_report_names_the_host_fixes_of_the_selected_runs():

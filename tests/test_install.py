@@ -23,7 +23,12 @@ from conftest import all_files, mmrec_runtime_problem, porcelain
 def expected_contents() -> dict:
     """Relative path -> exact content install must write, derived from the package's configs."""
     configs = inst.package_configs_dir()
-    expected = {"src/models/rearm.py": inst.MARKER + "\n" + "from mmrec_rearm.model.rearm import REARM  # noqa: F401\n"}
+    expected = {"src/models/rearm.py": inst.MARKER + "\n" + "from mmrec_rearm.model.rearm import REARM  # noqa: F401\n",
+                "src/models/micro.py": inst.MARKER + "\n" + "from mmrec_rearm.baselines.micro import MICRO  # noqa: F401\n",
+                "src/models/diffmm.py": inst.MARKER + "\n" + "from mmrec_rearm.baselines.diffmm import DiffMM  # noqa: F401\n",
+                "src/models/apegnn.py": inst.MARKER + "\n" + "from mmrec_rearm.baselines.apegnn import ApeGNN  # noqa: F401\n",
+                "src/models/mgdn.py": inst.MARKER + "\n" + "from mmrec_rearm.baselines.mgdn import MGDN  # noqa: F401\n",
+                "src/models/miggt.py": inst.MARKER + "\n" + "from mmrec_rearm.baselines.miggt import MIGGT  # noqa: F401\n"}
     for sub, dest in (("model", "src/configs/model"), ("dataset", "src/configs/dataset")):
         for yaml_file in sorted((configs / sub).glob("*.yaml")):
             expected[f"{dest}/{yaml_file.name}"] = inst.MARKER + "\n" + yaml_file.read_text()
@@ -120,11 +125,13 @@ def test_uninstall_restores_git_status(fake_mmrec):
     assert porcelain(fake_mmrec) != before
     pycache = fake_mmrec / "src/models/__pycache__"
     pycache.mkdir()
-    (pycache / "rearm.cpython-311.pyc").write_bytes(b"\0")
+    compiled = {pycache / "rearm.cpython-311.pyc", pycache / "miggt.cpython-311.pyc"}  # every shim's
+    for pyc in compiled:
+        pyc.write_bytes(b"\0")
     lines = []
     removed = inst.uninstall(fake_mmrec, report=lines.append)
     assert porcelain(fake_mmrec) == before
-    assert set(removed) == {fake_mmrec / rel for rel in expected_contents()} | {pycache / "rearm.cpython-311.pyc"}
+    assert set(removed) == {fake_mmrec / rel for rel in expected_contents()} | compiled
     assert (fake_mmrec / "src/models/mine.py").is_file()
     assert len(lines) == len(removed)
 

@@ -245,3 +245,26 @@ def test_real_mmrec_user_files_survive_install_reinstall_uninstall(real_mmrec, c
         assert (real_mmrec / rel).read_bytes() == content, rel
     expected = sorted(clean.splitlines() + [f"?? {rel}" for rel in mine])
     assert sorted(porcelain(real_mmrec).splitlines()) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# the five Table-2 baselines are installed under the same guarantees
+
+
+BASELINES = ("MICRO", "DiffMM", "ApeGNN", "MGDN", "MIGGT")
+
+
+@pytest.mark.parametrize("model", BASELINES)
+def test_a_baselines_files_are_in_the_ledger_and_an_edit_of_them_survives(fake_mmrec, capsys, model):
+    shim, yaml = f"src/models/{model.lower()}.py", f"src/configs/model/{model}.yaml"
+    assert run_cli(capsys, "install", fake_mmrec)[0] == 0
+    rows = {line.split(",")[0] for line in (fake_mmrec / ".mmrec-rearm-RECORD").read_text().splitlines()}
+    assert {shim, yaml} <= rows
+    edited = (fake_mmrec / yaml).read_bytes() + b"my: 1\n"
+    (fake_mmrec / yaml).write_bytes(edited)
+    code, _, err = run_cli(capsys, "install", fake_mmrec)             # never overwritten
+    assert code == 2 and err.startswith(f"error: refusing to overwrite {fake_mmrec / yaml}")
+    code, out, _ = run_cli(capsys, "uninstall", fake_mmrec)           # never removed
+    assert code == 0 and (fake_mmrec / yaml).read_bytes() == edited
+    assert any(line.startswith("kept") and str(fake_mmrec / yaml) in line for line in out.splitlines())
+    assert not (fake_mmrec / shim).exists() and not (fake_mmrec / REARM_YAML).exists()

@@ -311,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key", help="clear only this entry")
     c.set_defaults(handler=_cmd_cache)
 
-    i = sub.add_parser("install", help="install REARM into an MMRec checkout",
-                       description="Write REARM's shim and YAML files into an MMRec checkout and record each, "
+    i = sub.add_parser("install", help="install REARM (and the Table-2 baselines MICRO, DiffMM, ApeGNN, MGDN, "
+                                       "MIGGT) into an MMRec checkout",
+                       description="Write the shim and YAML files of REARM and the five Table-2 baselines MMRec "
+                                   "lacks (MICRO, DiffMM, ApeGNN, MGDN, MIGGT) into an MMRec checkout and record each, "
                                    "with its content hash, in MMREC_DIR/.mmrec-rearm-RECORD. A file that is not "
                                    "ours, or that changed since we wrote it, is never overwritten.")
     _add_checkout(i)

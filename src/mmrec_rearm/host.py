@@ -8,6 +8,8 @@
   imported.
 * :func:`config_value` reads a key from MMRec's ``Config`` (``config[key]`` is None when absent)
   or from a plain mapping.
+* :class:`CachedScoring` gives a model whose ``forward()`` returns all users' and all items'
+  representations MMRec's ``full_sort_predict`` / ``predict``, computing them once per evaluation pass.
 * :class:`ArrayDataLoader` is the part of MMRec's training data loader the model reads
   (``dataset.get_user_num()``, ``dataset.get_item_num()``, ``inter_matrix(form)``), built from
   arrays, for tests, benchmarks and hosts other than MMRec.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,7 +26,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["BaseRecommender", "StandInRecommender", "USING_MMREC", "config_value",
-           "ArrayDataLoader", "dataset_folder"]
+           "CachedScoring", "ArrayDataLoader", "dataset_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,50 @@ def _find_base():
 
 #: MMRec's GeneralRecommender, or the stand-in; USING_MMREC says which.
 BaseRecommender, USING_MMREC = _find_base()
+
+
+class CachedScoring:
+    """Mixin for an ``nn.Module`` recommender whose ``forward()`` returns all users' and all items'
+    final representations ``(n_users, D)``, ``(n_items, D)`` and whose scores are dot products.
+
+    In eval mode the representations are computed once and reused, batch after batch, until a
+    parameter or buffer changes (in-place updates such as optimiser steps or ``load_state_dict``
+    bump their version counters), training resumes (``train(True)``) or the model drops
+    ``_eval_cache`` itself (e.g. when computing a loss): MMRec evaluates valid and test back to back,
+    each starting with ``eval()``, so both share one forward.
+    """
+
+    _eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._eval_cache = None
+        return super().train(mode)
+
+    def _state_version(self) -> Tuple[int, ...]:
+        return tuple(t._version for t in list(self.parameters()) + list(self.buffers()))
+
+    def representations(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``forward()`` without gradients; cached in eval mode (see the class docstring)."""
+        if self.training:
+            with torch.no_grad():
+                return self.forward()
+        version = self._state_version()
+        if self._eval_cache is None or self._eval_cache[0] != version:
+            with torch.no_grad():
+                users, items = self.forward()
+            self._eval_cache = (version, users, items)
+        return self._eval_cache[1], self._eval_cache[2]
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        """Scores of the batch users (``interaction[0]``, (b,)) against all items -> (b, n_items)."""
+        users, items = self.representations()
+        return users[interaction[0]] @ items.t()
+
+    def predict(self, interaction) -> torch.Tensor:
+        """Scores of (user, item) pairs: ``interaction[0]``, ``interaction[1]`` (b,) -> (b,)."""
+        users, items = self.representations()
+        return (users[interaction[0]] * items[interaction[1]]).sum(-1)
 
 
 class _ArrayDataset:

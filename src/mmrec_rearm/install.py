@@ -1,4 +1,5 @@
-"""Install REARM into an MMRec checkout and remove it again, under the install ledger's guarantees.
+"""Install REARM and the five Table-2 baselines MMRec lacks into an MMRec checkout and remove them
+again, under the install ledger's guarantees.
 
 MMRec finds a model by file name: ``-m REARM`` imports ``src/models/rearm.py`` and takes its
 attribute ``REARM``; its configuration is read from ``src/configs/model/REARM.yaml`` (after
@@ -47,8 +48,16 @@ Report = Optional[Callable[[str], None]]
 
 #: First line of every text file we write: for people reading the file; ownership is the ledger's.
 MARKER = "# written by mmrec-rearm install; uninstall removes it only while it is unchanged"
-#: MMRec model name -> module of this package that defines the class of that name.
-MODEL_SHIMS: Dict[str, str] = {"REARM": "mmrec_rearm.model.rearm"}
+#: MMRec model name -> module of this package that defines the class of that name: REARM, then the
+#: Table-2 baselines MMRec lacks (MIGGT is the paper's "MIG-GT": a class name cannot hold the hyphen).
+MODEL_SHIMS: Dict[str, str] = {
+    "REARM": "mmrec_rearm.model.rearm",
+    "MICRO": "mmrec_rearm.baselines.micro",
+    "DiffMM": "mmrec_rearm.baselines.diffmm",
+    "ApeGNN": "mmrec_rearm.baselines.apegnn",
+    "MGDN": "mmrec_rearm.baselines.mgdn",
+    "MIGGT": "mmrec_rearm.baselines.miggt",
+}
 SHIM_RELPATH = Path("src", "models", "rearm.py")
 #: What makes a folder an MMRec checkout (relative to its root).
 REQUIRED = ("src/main.py", "src/models/", "src/configs/model/", "src/common/abstract_recommender.py")

@@ -67,9 +67,13 @@ def available_models(src: Path) -> List[str]:
 def check_model(src: Path, model: str) -> None:
     """Raise :class:`ConfigError` unless MMRec can import ``model`` from this checkout."""
     if not (src / "models" / f"{model.lower()}.py").is_file():
+        from ..install import MODEL_SHIMS
+
         hint = ""
-        if model.upper() == "REARM":
-            hint = f" REARM is not installed into this checkout yet: run `{command('install', '--mmrec', src.parent)}`."
+        ours = {name.upper(): name for name in MODEL_SHIMS}
+        if model.upper() in ours:
+            hint = (f" {ours[model.upper()]} is not installed into this checkout yet: run "
+                    f"`{command('install', '--mmrec', src.parent)}`.")
         known = ", ".join(available_models(src))
         raise ConfigError(
             f"{src / 'models' / (model.lower() + '.py')}: model '{model}' not found in this MMRec checkout "

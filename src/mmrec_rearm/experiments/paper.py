@@ -5,7 +5,7 @@ datasets. Shown beside our own numbers; they are never used for any selection.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 PAPER_COLUMNS = ("R@10", "R@20", "N@10", "N@20")
 
@@ -76,14 +76,36 @@ TABLE2: Dict[str, Dict[str, Tuple[float, float, float, float]]] = {
 }
 
 
+#: MMRec model name -> its Table 2 row name, where they differ (MMRec imports a model by its
+#: Python class name, which cannot hold the paper's hyphen).
+PAPER_NAMES: Dict[str, str] = {"MIGGT": "MIG-GT"}
+
+
+def paper_name(model: str) -> str:
+    """The Table 2 row name of the MMRec model ``model`` (the name itself for most models)."""
+    return PAPER_NAMES.get(model, model)
+
+
 def paper_row(dataset: str, model: str) -> Optional[Tuple[float, float, float, float]]:
-    """Table 2's (R@10, R@20, N@10, N@20) for ``model`` on ``dataset`` (names case-insensitive),
-    or None when the paper has no such row."""
+    """Table 2's (R@10, R@20, N@10, N@20) for ``model`` (its MMRec or paper name) on ``dataset``
+    (names case-insensitive), or None when the paper has no such row."""
     table = TABLE2.get(dataset.lower())
     if table is None:
         return None
     lookup = {name.lower(): values for name, values in table.items()}
-    return lookup.get(model.lower())
+    return lookup.get(paper_name(model).lower())
+
+
+#: Table 2's rows, top to bottom (the same on every dataset): the 18 baselines, then REARM.
+PAPER_ROWS: Tuple[str, ...] = tuple(TABLE2["baby"])
+
+
+def paper_order(models: Sequence[str]) -> List[str]:
+    """``models`` (MMRec or paper names) in Table 2's row order; models the paper does not list
+    follow in the order given."""
+    rank = {name.lower(): index for index, name in enumerate(PAPER_ROWS)}
+    listed = sorted((m for m in models if paper_name(m).lower() in rank), key=lambda m: rank[paper_name(m).lower()])
+    return listed + [m for m in models if paper_name(m).lower() not in rank]
 
 
 def has_paper_numbers(dataset: str) -> bool:

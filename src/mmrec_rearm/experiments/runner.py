@@ -31,7 +31,11 @@ stopping and the learning-rate step included, is done and nothing of the next ha
 number) and once more when ``fit`` ends. A resumed run restores it and sets MMRec's own
 ``Trainer.start_epoch``; a state of a run whose loop had ended gives its results without training.
 
-Host fixes (DRAGON, DualGNN on CPU): :mod:`.runner_fixes`.
+Host fixes (:mod:`.runner_fixes`): on a CPU-only host, DRAGON and DualGNN keep a CPU-registered
+Parameter that breaks their first ``forward()``, LATTICE, GRCN and MGCN call ``.cuda()``
+unconditionally, and SLMRec and MGCN import torch_scatter, which has no wheel for every torch.
+This process fixes each in memory only and the record lists what was applied under
+``host_fixes``; ``MMREC_REARM_HOST_FIXES=0`` runs the models exactly as MMRec ships them.
 
 Best-validation checkpoints (REARM; MMRec ignores ``saved``): :mod:`.runner_checkpoint`; they and
 the training states are two kinds of the one file format, :mod:`.checkpoint_format`, written
@@ -256,6 +260,7 @@ def run(spec: dict) -> dict:
         original_get_trainer = getattr(quick_start_module, "get_trainer", None)
         if original_get_trainer is not None:
             quick_start_module.get_trainer = lambda: trainer_class
+        host_fixes.extend(_fixes.apply_import_fixes(model))
         original_get_model = getattr(quick_start_module, "get_model", None)
         fixed_get_model = _fixes.wrap_get_model(original_get_model, model, host_fixes)
         if fixed_get_model is not None:

@@ -1,10 +1,12 @@
 """Render comparison results in the paper's Table 2 layout (Markdown and CSV), as pure text.
 
-Rows are models (the target model last, as in the paper), columns R@10, R@20, N@10, N@20 on the
-test split as ``mean ± std`` over seeds. For Baby, Sports and Clothing each of our columns is
-followed by the paper's published value. Among our numbers the best of a column is bold and the
-second best underlined, as in the paper. A model whose chosen runs stopped at the epoch cap while
-still improving (:func:`~.stats.near_cap`) is marked with :data:`CAPPED` and a note under the table.
+Rows are models in the paper's row order (models it does not list after them, the target model
+last, as REARM is in the paper), columns R@10, R@20, N@10, N@20 on the test split as
+``mean ± std`` over seeds. For Baby, Sports and Clothing each of our columns is followed by the
+paper's published value (MMRec's ``MIGGT`` is the paper's "MIG-GT"). Among our numbers the best
+of a column is bold and the second best underlined, as in the paper. A model whose chosen runs
+stopped at the epoch cap while still improving (:func:`~.stats.near_cap`) is marked with
+:data:`CAPPED` and a note under the table.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import io
 import json
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from .paper import has_paper_numbers, paper_row
+from .paper import has_paper_numbers, paper_name, paper_order, paper_row
 from .stats import CAP_SHARE, TABLE_METRICS, ModelSummary, PairedComparison, best_baseline
 
 DASH = "—"
@@ -59,8 +61,9 @@ def _cell(summary: ModelSummary, metric: str) -> str:
 
 
 def row_order(models: Sequence[str], target: Optional[str]) -> List[str]:
-    """Requested order with the target model moved to the end."""
-    return [m for m in models if m != target] + ([target] if target in models else [])
+    """Table 2's row order (:func:`~.paper.paper_order`: the paper's rows in its order, others
+    after them as requested) with the target model moved to the end."""
+    return [m for m in paper_order(models) if m != target] + ([target] if target in models else [])
 
 
 def _ranks(summaries: Mapping[str, ModelSummary], models: Sequence[str], metric: str) -> Dict[str, int]:
@@ -86,7 +89,7 @@ def table2_markdown(dataset: str, summaries: Mapping[str, ModelSummary], models:
     for model in order:
         summary = summaries[model]
         published = paper_row(dataset, model) if with_paper else None
-        cells = [model + (f" {CAPPED}" if _capped(summary) else "")]
+        cells = [paper_name(model) + (f" {CAPPED}" if _capped(summary) else "")]
         for index, (_, metric) in enumerate(TABLE_METRICS):
             text = _cell(summary, metric)
             rank = ranks[metric].get(model)

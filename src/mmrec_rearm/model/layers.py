@@ -84,6 +84,19 @@ class SparseGraph(nn.Module):
         """``A^T`` (n, n) sparse CSR; the same tensor as ``forward_matrix`` when ``A`` is symmetric."""
         return self.forward_matrix if self.symmetric else self.transpose_buffer
 
+    @classmethod
+    def from_tensors(cls, forward: torch.Tensor, transpose: torch.Tensor) -> "SparseGraph":
+        """A graph from ready torch CSR tensors ``A`` and ``A^T`` (n, n), e.g. an edge-dropped copy
+        of another graph; no check that ``transpose`` is ``A^T``."""
+        graph = cls.__new__(cls)
+        nn.Module.__init__(graph)
+        graph.shape = tuple(forward.shape)
+        graph.nnz = int(forward.values().numel())
+        graph.symmetric = transpose is forward
+        graph.register_buffer("forward_matrix", forward, persistent=False)
+        graph.register_buffer("transpose_buffer", None if graph.symmetric else transpose, persistent=False)
+        return graph
+
     @property
     def device(self) -> torch.device:
         return self.forward_matrix.device
@@ -158,24 +171,34 @@ def lightgcn(graph: SparseGraph, x: torch.Tensor, n_layers: int) -> torch.Tensor
     return total / (n_layers + 1)
 
 
-def normalized_interaction_graph(interactions: sp.spmatrix) -> sp.csr_matrix:
+def normalized_interaction_graph(interactions: sp.spmatrix, self_loops: bool = False,
+                                 norm: str = "sym") -> sp.csr_matrix:
     """The symmetric bipartite graph of eq. (10): ``D^-1/2 [[0, R], [R^T, 0]] D^-1/2``.
 
     ``interactions``: (n_users, n_items), any non-zero counts as one edge (duplicates merged).
     Returns (n_users + n_items, n_users + n_items) float32 CSR with entries
     ``1 / sqrt(|N_u| |N_i|)`` (the paper's lambda_n). A node without edges keeps an empty row
     (the official code adds 1e-7 to the degree for the same effect).
+
+    ``self_loops=True`` normalises ``A + I`` instead (GCN's renormalisation, used by MGDCF and
+    DiffMM): the degrees count the self-loop, every node keeps a diagonal entry ``1 / (|N_v| + 1)``.
+    ``norm='rw'`` gives the row-normalised ``D^-1 A`` (MICRO's LightGCN adjacency, with
+    ``self_loops``): every row with an edge sums to 1.
     """
+    if norm not in ("sym", "rw"):
+        raise ValueError(f"normalisation {norm!r}: use 'sym' (D^-1/2 A D^-1/2) or 'rw' (D^-1 A)")
     r = binary_matrix(interactions)
     n_users, n_items = r.shape
     adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     adj.resize((n_users + n_items, n_users + n_items))
-    degree = np.asarray(adj.sum(axis=1)).ravel()
-    inv_sqrt = np.zeros_like(degree)
+    if self_loops:
+        adj = (adj + sp.identity(n_users + n_items, dtype=np.float32, format="csr")).tocsr()
+    degree = np.asarray(adj.sum(axis=1), dtype=np.float64).ravel()
+    inverse = np.zeros_like(degree)
     nonzero = degree > 0
-    inv_sqrt[nonzero] = degree[nonzero] ** -0.5
-    scale = sp.diags(inv_sqrt.astype(np.float32))
-    out = (scale @ adj @ scale).tocsr().astype(np.float32)
+    inverse[nonzero] = degree[nonzero] ** (-0.5 if norm == "sym" else -1.0)
+    scale = sp.diags(inverse)  # float64 products, one rounding to float32 at the end
+    out = ((scale @ adj @ scale) if norm == "sym" else (scale @ adj)).tocsr().astype(np.float32)
     out.sort_indices()
     return out
 

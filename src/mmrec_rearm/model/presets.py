@@ -26,7 +26,7 @@ from ..errors import ConfigError
 
 __all__ = ["PRESETS", "PRESET_KEYS", "FALLBACK_PRESET", "ResolvedSettings", "resolve",
            "read_dataset_yaml", "describe", "RearmSettings", "read_settings", "ABLATIONS",
-           "OFFICIAL_FLAGS"]
+           "OFFICIAL_FLAGS", "refuse_flag_names", "check_scalar", "check_number", "check_flag", "check_choice"]
 
 #: key -> (baby, sports, clothing); the official flag is named in the comment.
 _TABLE: Dict[str, Tuple[Any, Any, Any]] = {
@@ -89,19 +89,25 @@ def read_dataset_yaml(dataset: Optional[str], configs_dir: Optional[os.PathLike]
 
 
 def resolve(get: Callable[[str], Any], dataset: Optional[str],
-            dataset_yaml: Optional[Mapping[str, Any]] = None) -> ResolvedSettings:
-    """Fill :data:`PRESET_KEYS` by the rule of this module.
+            dataset_yaml: Optional[Mapping[str, Any]] = None, *,
+            presets: Optional[Mapping[str, Mapping[str, Any]]] = None, fallback: Optional[str] = None,
+            model: str = "REARM") -> ResolvedSettings:
+    """Fill the preset keys by the rule of this module.
 
     ``get(key)`` returns the configuration's value or None; ``dataset_yaml`` the dataset YAML's
-    mapping (default: :func:`read_dataset_yaml`).
+    mapping (default: :func:`read_dataset_yaml`). ``presets`` (preset name -> {key: value}, every
+    preset with the same keys), ``fallback`` and ``model`` (the YAML named in messages) default to
+    REARM's; other models (the baselines) pass their own table.
     """
+    presets = PRESETS if presets is None else presets
+    fallback = FALLBACK_PRESET if fallback is None else fallback
     name = (dataset or "").lower()
-    known = name in PRESETS
-    preset = name if known else FALLBACK_PRESET
+    known = name in presets
+    preset = name if known else fallback
     if dataset_yaml is None:
         dataset_yaml = read_dataset_yaml(dataset)
     values, origin = {}, {}
-    for key in PRESET_KEYS:
+    for key in presets[fallback]:
         value = get(key)
         if value is not None:
             values[key], origin[key] = value, "config"
@@ -109,23 +115,23 @@ def resolve(get: Callable[[str], Any], dataset: Optional[str],
             if isinstance(dataset_yaml[key], (list, tuple)):
                 raise ConfigError(
                     f"configs/dataset/{dataset}.yaml gives '{key}' the list {list(dataset_yaml[key])}: "
-                    f"MMRec reads REARM.yaml after the dataset YAML, and its '{key}: ~' hides such a "
-                    f"grid. Put the list and hyper_parameters in REARM.yaml or in config_dict instead.")
+                    f"MMRec reads {model}.yaml after the dataset YAML, and its '{key}: ~' hides such a "
+                    f"grid. Put the list and hyper_parameters in {model}.yaml or in config_dict instead.")
             values[key], origin[key] = dataset_yaml[key], "dataset yaml"
         else:
-            values[key], origin[key] = PRESETS[preset][key], "preset"
+            values[key], origin[key] = presets[preset][key], "preset"
     return ResolvedSettings(values, preset, known, origin)
 
 
-def describe(resolved: ResolvedSettings, dataset: Optional[str]) -> str:
+def describe(resolved: ResolvedSettings, dataset: Optional[str], model: str = "REARM") -> str:
     """One log line: the preset applied and every dataset-dependent key=value with its origin."""
     if resolved.known_dataset:
-        head = f"REARM preset '{resolved.preset}' for dataset '{dataset}'"
+        head = f"{model} preset '{resolved.preset}' for dataset '{dataset}'"
     else:
-        head = (f"REARM: no preset for dataset '{dataset}', using the '{resolved.preset}' preset "
+        head = (f"{model}: no preset for dataset '{dataset}', using the '{resolved.preset}' preset "
                 "for unset keys")
     parts = []
-    for key in PRESET_KEYS:
+    for key in resolved.values:
         mark = "" if resolved.origin[key] == "preset" else f" ({resolved.origin[key]})"
         parts.append(f"{key}={resolved.values[key]}{mark}")
     return f"{head}: " + ", ".join(parts)
@@ -219,46 +225,65 @@ class RearmSettings:
                 f"graph={self.graph}")
 
 
-def _scalar(key: str, value: Any) -> Any:
+# The validators below are shared with the baselines (mmrec_rearm.baselines.settings); ``model``
+# names the YAML in their messages.
+
+
+def refuse_flag_names(get: Callable[[str], Any], flags: Mapping[str, str], model: str = "REARM",
+                      whose: str = "the official code's") -> None:
+    """Raise a ConfigError if a key of ``flags`` (another code's flag name -> our key) is set, so
+    that a value given under that name is never silently ignored."""
+    for flag, ours in flags.items():
+        if flag != ours and get(flag) is not None:
+            raise ConfigError(
+                f"{model} config key '{flag}' is {whose} flag name; this model reads "
+                f"'{ours}' instead. Rename the key (value {get(flag)!r}).")
+
+
+def check_scalar(key: str, value: Any, model: str = "REARM") -> Any:
+    """``value`` itself; a list (an MMRec grid given as one value) is a ConfigError."""
     if isinstance(value, (list, tuple)):
         raise ConfigError(
-            f"REARM config key '{key}' has the list value {list(value)}; a model gets one value per "
+            f"{model} config key '{key}' has the list value {list(value)}; a model gets one value per "
             f"run. To grid-search it, list '{key}' in hyper_parameters (MMRec then passes each value "
             "in turn); otherwise give a single value.")
     return value
 
 
-def _number(key: str, value: Any, kind: type, low: float, high: float = float("inf"),
-            low_open: bool = False) -> Any:
-    value = _scalar(key, value)
+def check_number(key: str, value: Any, kind: type, low: float, high: float = float("inf"),
+                 low_open: bool = False, model: str = "REARM") -> Any:
+    """``value`` as ``kind`` (int or float) within ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    value = check_scalar(key, value, model)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"REARM config key '{key}' must be a number, got {value!r}.")
+        raise ConfigError(f"{model} config key '{key}' must be a number, got {value!r}.")
     if kind is int:
         if float(value) != int(value):
-            raise ConfigError(f"REARM config key '{key}' must be an integer, got {value!r}.")
+            raise ConfigError(f"{model} config key '{key}' must be an integer, got {value!r}.")
         value = int(value)
     else:
         value = float(value)
     too_low = value <= low if low_open else value < low
     if too_low or value > high:
         bounds = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ConfigError(f"REARM config key '{key}' must lie in {bounds}, got {value!r}.")
+        raise ConfigError(f"{model} config key '{key}' must lie in {bounds}, got {value!r}.")
     return value
 
 
-def _flag(key: str, value: Any) -> bool:
-    value = _scalar(key, value)
+def check_flag(key: str, value: Any, model: str = "REARM") -> bool:
+    """A bool (or the strings true / false)."""
+    value = check_scalar(key, value, model)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise ConfigError(f"REARM config key '{key}' must be true or false, got {value!r}.")
+    raise ConfigError(f"{model} config key '{key}' must be true or false, got {value!r}.")
 
 
-def _choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    value = _scalar(key, value)
+def check_choice(key: str, value: Any, choices: Sequence[str], model: str = "REARM") -> str:
+    """One of ``choices`` (case-insensitive), lower-cased."""
+    value = check_scalar(key, value, model)
     if not isinstance(value, str) or value.lower() not in choices:
-        raise ConfigError(f"REARM config key '{key}' must be one of {', '.join(choices)}; got {value!r}.")
+        raise ConfigError(f"{model} config key '{key}' must be one of {', '.join(choices)}; got {value!r}.")
     return value.lower()
 
 
@@ -283,20 +308,16 @@ def read_settings(config: Any, get: Callable[[str, Any], Any],
     ``get(key, default)`` reads one key (None = absent). Raises ConfigError naming the key, the
     value and the fix.
     """
-    for flag, ours in OFFICIAL_FLAGS.items():
-        if get(flag, None) is not None:
-            raise ConfigError(
-                f"REARM config key '{flag}' is the official code's flag name; this model reads "
-                f"'{ours}' instead. Rename the key (value {get(flag, None)!r}).")
+    refuse_flag_names(lambda key: get(key, None), OFFICIAL_FLAGS, "REARM", "the official code's")
     dataset = str(get("dataset", "") or "")
     resolved = resolve(lambda key: get(key, None), dataset, dataset_yaml)
     v = resolved.values
-    ablation = _choice("ablation", get("ablation", "none"), ABLATIONS)
+    ablation = check_choice("ablation", get("ablation", "none"), ABLATIONS)
     graph: Dict[str, Any] = {}
     for key, field_name in GRAPH_KEYS.items():
         value = v[key] if key in v else get(key, None)
         if value is not None:
-            graph[field_name] = value if key.endswith("modal_weights") else _scalar(key, value)
+            graph[field_name] = value if key.endswith("modal_weights") else check_scalar(key, value)
     for key in ("u_modal_weights", "i_modal_weights"):
         if key in graph:
             graph[key] = tuple(float(x) for x in graph[key])
@@ -318,30 +339,30 @@ def read_settings(config: Any, get: Callable[[str, Any], Any],
     return RearmSettings(
         dataset=dataset,
         preset=resolved,
-        embedding_size=_number("embedding_size", get("embedding_size", 64), int, 1),
-        n_layers=_number("n_layers", v["n_layers"], int, 0),
-        n_uu_layers=_number("n_uu_layers", v["n_uu_layers"], int, 0),
-        n_ii_layers=_number("n_ii_layers", v["n_ii_layers"], int, 0),
-        rank=_number("rank", v["rank"], int, 1),
-        self_attn_dropout=_number("self_attn_dropout", v["self_attn_dropout"], float, 0.0, 1.0),
-        cross_attn_dropout=_number("cross_attn_dropout", v["cross_attn_dropout"], float, 0.0, 1.0),
-        cl_temperature=_number("cl_temperature", v["cl_temperature"], float, 0.0, low_open=True),
-        cl_loss_weight=_number("cl_loss_weight", v["cl_loss_weight"], float, 0.0),
-        ort_loss_weight=_number("ort_loss_weight", v["ort_loss_weight"], float, 0.0),
-        reg_weight=_number("reg_weight", v["reg_weight"], float, 0.0),
-        attention=_choice("attention", get("attention", "scalar"), ATTENTION_FORMS),
-        train_raw_features=_flag("train_raw_features", get("train_raw_features", True)),
-        meta_input_grad=_flag("meta_input_grad", get("meta_input_grad", False)),
-        weight_decay_mode=_choice("weight_decay_mode", get("weight_decay_mode", "decoupled"),
+        embedding_size=check_number("embedding_size", get("embedding_size", 64), int, 1),
+        n_layers=check_number("n_layers", v["n_layers"], int, 0),
+        n_uu_layers=check_number("n_uu_layers", v["n_uu_layers"], int, 0),
+        n_ii_layers=check_number("n_ii_layers", v["n_ii_layers"], int, 0),
+        rank=check_number("rank", v["rank"], int, 1),
+        self_attn_dropout=check_number("self_attn_dropout", v["self_attn_dropout"], float, 0.0, 1.0),
+        cross_attn_dropout=check_number("cross_attn_dropout", v["cross_attn_dropout"], float, 0.0, 1.0),
+        cl_temperature=check_number("cl_temperature", v["cl_temperature"], float, 0.0, low_open=True),
+        cl_loss_weight=check_number("cl_loss_weight", v["cl_loss_weight"], float, 0.0),
+        ort_loss_weight=check_number("ort_loss_weight", v["ort_loss_weight"], float, 0.0),
+        reg_weight=check_number("reg_weight", v["reg_weight"], float, 0.0),
+        attention=check_choice("attention", get("attention", "scalar"), ATTENTION_FORMS),
+        train_raw_features=check_flag("train_raw_features", get("train_raw_features", True)),
+        meta_input_grad=check_flag("meta_input_grad", get("meta_input_grad", False)),
+        weight_decay_mode=check_choice("weight_decay_mode", get("weight_decay_mode", "decoupled"),
                                   WEIGHT_DECAY_MODES),
         ablation=ablation,
         modalities=_modalities(get("modalities", "all")),
         extra_feature_files=tuple(extra),
-        learning_rate=_number("learning_rate", get("learning_rate", 5e-5), float, 0.0),
+        learning_rate=check_number("learning_rate", get("learning_rate", 5e-5), float, 0.0),
         lr_scheduler=(float(scheduler[0]), float(scheduler[1])),
-        host_weight_decay=_number("weight_decay", get("weight_decay", 0.0), float, 0.0),
+        host_weight_decay=check_number("weight_decay", get("weight_decay", 0.0), float, 0.0),
         cache_dir=cache_dir,
         graph=graph,
-        malloc_mmap_threshold_mb=_number("malloc_mmap_threshold_mb", get("malloc_mmap_threshold_mb", 4),
+        malloc_mmap_threshold_mb=check_number("malloc_mmap_threshold_mb", get("malloc_mmap_threshold_mb", 4),
                                          float, 0.0, 32.0),
     )

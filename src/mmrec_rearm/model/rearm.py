@@ -33,7 +33,7 @@ from torch.nn.functional import normalize
 
 from ..data import binary_matrix
 from ..errors import ConfigError, DatasetError
-from ..host import BaseRecommender, config_value, dataset_folder
+from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder
 from ..features import load_feature_file
 from ..modalities import check_feature_files, selected_modalities
 from . import decay
@@ -59,7 +59,7 @@ def build_homogeneous_graphs(data, graph_settings: Dict[str, Any], cache_dir: An
                          progress=lambda msg: logger.debug("REARM graphs: %s", msg))
 
 
-class REARM(BaseRecommender):
+class REARM(CachedScoring, BaseRecommender):
     """REARM for MMRec: ``REARM(config, dataloader)``; MMRec's trainer calls ``calculate_loss`` per
     training batch (a (3, b) LongTensor: users, positive items, negative items) and
     ``full_sort_predict`` per evaluation batch.
@@ -131,7 +131,6 @@ class REARM(BaseRecommender):
         self.to(device)
 
         self.representation_passes = 0  # full passes over the graph (tests, profiling)
-        self._eval_cache: Optional[Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor]] = None
         self._attach_decay()
         if device.type == "cpu":  # graph building's freed heap; a GPU model's steps do not reuse it
             return_free_heap_to_os()
@@ -289,9 +288,7 @@ class REARM(BaseRecommender):
         share one forward, and releases the last step's gradients: the host's next batch discards
         them anyway (``zero_grad`` sets them to None), and on Baby they are 0.5 GB that would
         otherwise sit beside the evaluation's score matrices."""
-        if mode:
-            self._eval_cache = None
-        else:
+        if not mode:
             for p in self.parameters():
                 p.grad = None
         return super().train(mode)
@@ -330,31 +327,3 @@ class REARM(BaseRecommender):
         if settings.weight_decay_mode == "l2" and settings.reg_weight > 0:
             reg = settings.reg_weight * l2_penalty(p for p in self.parameters() if p.requires_grad)
         return bpr, cl, ort, reg
-
-    def _state_version(self) -> Tuple[int, ...]:
-        # in-place updates (optimizer steps, load_state_dict) bump these counters
-        return tuple(t._version for t in list(self.parameters()) + list(self.buffers()))
-
-    def _representations(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """All users' and items' representations; in eval mode computed once and reused until the
-        parameters change, training resumes or a loss is computed (MMRec evaluates valid and test
-        back to back, batch by batch)."""
-        if self.training:
-            with torch.no_grad():
-                return self.forward()
-        version = self._state_version()
-        if self._eval_cache is None or self._eval_cache[0] != version:
-            with torch.no_grad():
-                users, items = self.forward()
-            self._eval_cache = (version, users, items)
-        return self._eval_cache[1], self._eval_cache[2]
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores of the batch users (``interaction[0]``, (b,)) against all items -> (b, n_items)."""
-        users, items = self._representations()
-        return users[interaction[0]] @ items.t()
-
-    def predict(self, interaction) -> torch.Tensor:
-        """Scores of (user, item) pairs: ``interaction[0]``, ``interaction[1]`` (b,) -> (b,)."""
-        users, items = self._representations()
-        return (users[interaction[0]] * items[interaction[1]]).sum(-1)
