@@ -102,6 +102,10 @@ class MICRO(BaselineRecommender):
         self.modality_names = tuple(names)
         t0 = time.perf_counter()
         inter_file = os.path.join(dataset_folder(config), str(config_value(config, "inter_file_name", "")))
+        if cache_dir is not False:  # a folder, or beside the file MMRec read (see cache_dir_for)
+            from ..cache import cache_dir_for
+
+            cache_dir = cache_dir_for(inter_file, cache_dir or None)
         original, hit = load_or_build_item_knn(
             {n: f.detach().cpu().numpy() for n, f in zip(names, feats)}, self.knn_k, self.knn_norm,
             cache_dir, inter_file, progress=lambda m: logger.debug("MICRO graphs: %s", m))
