@@ -38,7 +38,6 @@ from ..model import layers as L
 from ..model.losses import bpr_loss
 from .base import BaselineRecommender
 from .item_knn import NORMALISATIONS, load_or_build_item_knn
-from .settings import Settings
 
 __all__ = ["MICRO", "contrast_all_items"]
 
@@ -78,8 +77,8 @@ class MICRO(BaselineRecommender):
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        s = Settings(config, "MICRO", official_names=OFFICIAL_NAMES)
-        d = self.embedding_size = s.integer("embedding_size", 64, 1)
+        s = self.read_settings(config, official_names=OFFICIAL_NAMES)
+        d = self.embedding_size
         self.ui_layers = len(s.int_list("weight_size", [64, 64], allow_empty=True))
         self.item_layers = s.integer("n_layers", 1, 0)
         self.knn_k = s.integer("knn_k", 10, 1)
