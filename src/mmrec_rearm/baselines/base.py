@@ -1,6 +1,7 @@
-"""What the five baselines share on top of MMRec's ``GeneralRecommender``: their settings' common
-sizes, the training matrix and its normalised graph, edge dropout on a fixed graph, the modal item features of MMRec's two slots,
-and scoring from representations that are computed once per evaluation pass.
+"""What the five baselines share on top of MMRec's ``GeneralRecommender``: the sizes every one of
+them reads, the training matrix and its normalised graph, edge dropout on a fixed graph, the modal
+item features of MMRec's two slots, and scoring from representations that are computed once per
+evaluation pass.
 """
 from __future__ import annotations
 
