@@ -20,7 +20,7 @@ from mmrec_rearm.errors import CheckpointError, DatasetError  # noqa: E402
 from mmrec_rearm.experiments.checkpoints import load_checkpoint, read_splits, rebuild_model  # noqa: E402
 from mmrec_rearm.experiments.heatmap import heatmap  # noqa: E402
 from mmrec_rearm.experiments.recommend import recommend  # noqa: E402
-from mmrec_rearm.experiments.runner import checkpoint_payload, save_checkpoint  # noqa: E402
+from mmrec_rearm.experiments.runner_checkpoint import checkpoint_payload, save_checkpoint  # noqa: E402
 from mmrec_rearm.host import ArrayDataLoader  # noqa: E402
 from mmrec_rearm.model.rearm import REARM  # noqa: E402
 from mmrec_rearm.synth import make_demo_dataset  # noqa: E402

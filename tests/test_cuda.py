@@ -25,7 +25,7 @@ from mmrec_rearm import install as inst  # noqa: E402
 from mmrec_rearm import synth  # noqa: E402
 from mmrec_rearm.experiments.checkpoints import read_splits  # noqa: E402
 from mmrec_rearm.experiments.recommend import rank_items, recommend  # noqa: E402
-from mmrec_rearm.experiments.runner import checkpoint_payload, save_checkpoint  # noqa: E402
+from mmrec_rearm.experiments.runner_checkpoint import checkpoint_payload, save_checkpoint  # noqa: E402
 from mmrec_rearm.host import ArrayDataLoader  # noqa: E402
 from mmrec_rearm.model.rearm import REARM  # noqa: E402
 

@@ -25,7 +25,7 @@ from mmrec_rearm.experiments.launch import launch
 from mmrec_rearm.experiments.mmrec_config import merged_config, mmrec_src, parse_yaml_text
 from mmrec_rearm.experiments.paper import paper_row
 from mmrec_rearm.experiments.plan import RunSpec, build_plan, parse_overrides, run_key, seed_list
-from mmrec_rearm.experiments.runner import parse_final_lines
+from mmrec_rearm.mmrec_output import parse_final_lines
 from mmrec_rearm.experiments.stats import comparisons, paired_test, select_on_validation, summarise
 from mmrec_rearm.experiments.store import RunStore
 from mmrec_rearm.experiments.tables import report_markdown, table2_csv, table2_markdown
@@ -556,7 +556,7 @@ def test_real_mmrec_lightgcn_one_epoch_through_the_runner(tmp_path):
 
 def test_cpu_parameter_fix_gives_the_gpu_behaviour():
     torch = pytest.importorskip("torch")
-    from mmrec_rearm.experiments.runner import unregister_cpu_parameters
+    from mmrec_rearm.experiments.runner_fixes import unregister_cpu_parameters
 
     class Buggy(torch.nn.Module):  # the pattern of MMRec's DRAGON / DualGNN
         def __init__(self):

@@ -28,7 +28,7 @@ from mmrec_rearm.experiments.mmrec_config import mmrec_src  # noqa: E402
 from mmrec_rearm.experiments.plan import RunSpec, build_plan  # noqa: E402
 from mmrec_rearm.experiments.plots import PlotDependencyError  # noqa: E402
 from mmrec_rearm.experiments.recommend import read_users_file, recommend  # noqa: E402
-from mmrec_rearm.experiments.runner import checkpoint_payload, checkpoint_target, save_checkpoint  # noqa: E402
+from mmrec_rearm.experiments.runner_checkpoint import checkpoint_payload, checkpoint_target, save_checkpoint  # noqa: E402
 from mmrec_rearm.experiments.sensitivity import plot_sensitivity, sensitivity  # noqa: E402
 from mmrec_rearm.experiments.stats import summarise  # noqa: E402
 from mmrec_rearm.experiments.store import RunStore  # noqa: E402

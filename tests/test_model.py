@@ -203,6 +203,20 @@ def test_graph_cache_default_location_and_reuse(demo, monkeypatch, caplog):
     assert "REARM graphs read from the cache" in caplog.text
 
 
+def test_graph_cache_folder_is_chosen_by_the_model_not_by_the_data_source(demo, monkeypatch, tmp_path):
+    from mmrec_rearm.data import TrainingData
+
+    monkeypatch.delenv("MMREC_REARM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    plain = TrainingData.from_arrays.__func__
+    # the data's source is a record only: without it the graphs still go beside the dataset
+    monkeypatch.setattr(TrainingData, "from_arrays",
+                        classmethod(lambda cls, *args, source=None, **kwargs: plain(cls, *args, **kwargs)))
+    demo.model(rearm_cache_dir=None)
+    assert (demo.root / demo.name / ".rearm_cache").is_dir()
+    assert not (tmp_path / "xdg").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # settings and presets
 

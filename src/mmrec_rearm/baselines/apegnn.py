@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from ..model.layers import propagate
 from ..model.losses import bpr_loss
 from .base import BaselineRecommender
-from .settings import Settings
 
 __all__ = ["ApeGNN", "hop_weights"]
 
@@ -54,9 +53,7 @@ class ApeGNN(BaselineRecommender):
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        s = Settings(config, "ApeGNN")
-        self.embedding_size = s.integer("embedding_size", 64, 1)
-        self.n_layers = s.integer("n_layers", 2, 0)
+        s = self.read_settings(config, n_layers=2)
         self.kernel = s.choice("kernel", "heat", KERNELS)
         self.pool = s.choice("pool", "sum", POOLS)
         self.reg_weight = s.real("reg_weight", 1e-3, 0.0)

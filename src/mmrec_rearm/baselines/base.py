@@ -1,6 +1,7 @@
-"""What the five baselines share on top of MMRec's ``GeneralRecommender``: the training matrix and
-its normalised graph, edge dropout on a fixed graph, the modal item features of MMRec's two slots,
-and scoring from representations that are computed once per evaluation pass.
+"""What the five baselines share on top of MMRec's ``GeneralRecommender``: the sizes every one of
+them reads, the training matrix and its normalised graph, edge dropout on a fixed graph, the modal
+item features of MMRec's two slots, and scoring from representations that are computed once per
+evaluation pass.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..errors import DatasetError
 from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder
 from ..modalities import selected_modalities
 from ..model.layers import SparseGraph, normalized_interaction_graph
+from .settings import Settings
 
 __all__ = ["BaselineRecommender", "EdgeDropout", "training_interactions"]
 
@@ -89,6 +91,16 @@ class BaselineRecommender(CachedScoring, BaseRecommender):
     @property
     def torch_device(self) -> torch.device:
         return torch.device(self.device) if self.device is not None else torch.device("cpu")
+
+    def read_settings(self, config: Any, n_layers: Optional[int] = None, **options: Any) -> Settings:
+        """This model's :class:`~.settings.Settings` (``options``: its authors' names, presets), after
+        reading the sizes the baselines share: :attr:`embedding_size` (d, default 64) and, where
+        ``n_layers`` gives the model's default, :attr:`n_layers` (propagation layers K >= 0)."""
+        settings = Settings(config, type(self).__name__, **options)
+        self.embedding_size = settings.integer("embedding_size", 64, 1)
+        if n_layers is not None:
+            self.n_layers = settings.integer("n_layers", n_layers, 0)
+        return settings
 
     def training_graph(self, self_loops: bool = False, norm: str = "sym") -> SparseGraph:
         """``D^-1/2 (A [+ I]) D^-1/2`` (``norm='rw'``: ``D^-1 (A [+ I])``) of the bipartite

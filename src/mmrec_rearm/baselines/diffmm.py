@@ -41,7 +41,6 @@ from ..errors import ConfigError
 from ..model import layers as L
 from .base import BaselineRecommender
 from .gaussian_diffusion import Denoiser, GaussianDiffusion
-from .settings import Settings
 
 __all__ = ["DiffMM", "PRESETS", "drop_edges", "contrast_nodes"]
 
@@ -118,10 +117,9 @@ class DiffMM(BaselineRecommender):
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        s = Settings(config, "DiffMM", official_names=OFFICIAL_NAMES, presets=PRESETS, fallback="baby")
+        s = self.read_settings(config, n_layers=1, official_names=OFFICIAL_NAMES, presets=PRESETS, fallback="baby")
         any_real = float("-inf")
-        d = self.embedding_size = s.integer("embedding_size", 64, 1)
-        self.n_layers = s.integer("n_layers", 1, 0)
+        d = self.embedding_size
         self.reg_weight = s.real("reg_weight", None, 0.0)
         self.cl_weight = s.real("cl_weight", None, 0.0)
         self.cl_temperature = s.real("cl_temperature", None, 0.0, low_open=True)

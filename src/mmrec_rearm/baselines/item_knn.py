@@ -14,6 +14,7 @@ Only numpy, scipy and the graph / cache modules are imported here (no torch, no 
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable, Dict, Mapping, Optional, Tuple, Union
@@ -62,12 +63,12 @@ def knn_graph(features: np.ndarray, k: int, norm: str = "sym") -> sp.csr_matrix:
 
 
 def load_or_build_item_knn(features: Mapping[str, np.ndarray], k: int, norm: str,
-                           cache_dir: Union[str, bool, None], inter_file: Optional[str] = None,
+                           cache_dir: Union[str, "os.PathLike[str]", bool], dataset: str = "",
                            progress: Progress = None) -> Tuple[Dict[str, sp.csr_matrix], bool]:
     """:func:`knn_graph` of every modality (name -> (n_items, d_m)), from the graph cache or built
-    and stored -> ({name: graph}, hit). ``cache_dir``: a folder, None (the dataset folder's
-    ``.rearm_cache`` beside ``inter_file``, see :func:`mmrec_rearm.cache.cache_dir_for`) or False
-    (no cache)."""
+    and stored -> ({name: graph}, hit). ``cache_dir``: the cache folder (the caller chooses it, e.g.
+    with :func:`mmrec_rearm.cache.cache_dir_for`) or False (no cache); ``dataset``: recorded in
+    the entry's manifest."""
     def build():
         graphs, seconds = {}, {}
         for name, values in features.items():
@@ -84,8 +85,8 @@ def load_or_build_item_knn(features: Mapping[str, np.ndarray], k: int, norm: str
     key = cache.content_key("item_knn", arrays, {"k": int(k), "norm": norm}, builders=(sys.modules[__name__],))
     meta = lambda: {"kind": "item_knn", "params": {"k": int(k), "norm": norm},  # noqa: E731
                     "modalities": [[n, int(a.shape[1])] for n, a in arrays.items()],
-                    "n_items": int(next(iter(arrays.values())).shape[0]), "dataset": inter_file or ""}
+                    "n_items": int(next(iter(arrays.values())).shape[0]), "dataset": dataset}
     graphs, _, hit = cache.load_or_build_matrices(
-        key, build, cache.cache_dir_for(inter_file, cache_dir or None), meta=meta,
+        key, build, cache_dir, meta=meta,
         names=tuple(features), progress=progress)
     return {name: graphs[name] for name in features}, hit

@@ -25,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BaselineRecommender
-from .settings import Settings
 from .markov_diffusion import info_bpr_loss, markov_diffusion, with_uniform_negatives
 
 __all__ = ["MGDN"]
@@ -38,9 +37,7 @@ class MGDN(BaselineRecommender):
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        s = Settings(config, "MGDN")
-        self.embedding_size = s.integer("embedding_size", 64, 1)
-        self.n_layers = s.integer("n_layers", 4, 0)
+        s = self.read_settings(config, n_layers=4)
         self.alpha = s.real("mgdcf_alpha", 0.1, 0.0)
         self.beta = s.real("mgdcf_beta", 0.9, 0.0)
         self.x_drop_rate = s.rate("x_drop_rate", 0.3)

@@ -38,7 +38,6 @@ from ..model import layers as L
 from ..model.losses import bpr_loss
 from .base import BaselineRecommender
 from .item_knn import NORMALISATIONS, load_or_build_item_knn
-from .settings import Settings
 
 __all__ = ["MICRO", "contrast_all_items"]
 
@@ -78,8 +77,8 @@ class MICRO(BaselineRecommender):
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        s = Settings(config, "MICRO", official_names=OFFICIAL_NAMES)
-        d = self.embedding_size = s.integer("embedding_size", 64, 1)
+        s = self.read_settings(config, official_names=OFFICIAL_NAMES)
+        d = self.embedding_size
         self.ui_layers = len(s.int_list("weight_size", [64, 64], allow_empty=True))
         self.item_layers = s.integer("n_layers", 1, 0)
         self.knn_k = s.integer("knn_k", 10, 1)
@@ -102,6 +101,10 @@ class MICRO(BaselineRecommender):
         self.modality_names = tuple(names)
         t0 = time.perf_counter()
         inter_file = os.path.join(dataset_folder(config), str(config_value(config, "inter_file_name", "")))
+        if cache_dir is not False:  # a folder, or beside the file MMRec read (see cache_dir_for)
+            from ..cache import cache_dir_for
+
+            cache_dir = cache_dir_for(inter_file, cache_dir or None)
         original, hit = load_or_build_item_knn(
             {n: f.detach().cpu().numpy() for n, f in zip(names, feats)}, self.knn_k, self.knn_norm,
             cache_dir, inter_file, progress=lambda m: logger.debug("MICRO graphs: %s", m))

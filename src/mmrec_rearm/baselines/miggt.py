@@ -95,8 +95,8 @@ class MIGGT(BaselineRecommender):
 
     def __init__(self, config: Any, dataloader: Any):
         super().__init__(config, dataloader)
-        s = Settings(config, "MIGGT", presets=PRESETS)
-        d = self.embedding_size = s.integer("embedding_size", 64, 1)
+        s = self.read_settings(config, presets=PRESETS)
+        d = self.embedding_size
         hidden = s.integer("feat_hidden_units", 512, 1)
         self.k_e, self.k_t, self.k_v = (s.integer(k, 0, -1) for k in ("k_e", "k_t", "k_v"))
         self.alpha = s.real("mgdcf_alpha", 0.1, 0.0)

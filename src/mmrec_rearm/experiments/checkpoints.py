@@ -1,6 +1,6 @@
 """Reading the checkpoints the runner writes and rebuilding REARM from one, without MMRec's trainer.
 
-A checkpoint (:func:`.runner.checkpoint_payload`, format :mod:`.checkpoint_format`) holds the weights
+A checkpoint (:func:`.runner_checkpoint.checkpoint_payload`, format :mod:`.checkpoint_format`) holds the weights
 of the best validation epoch, the full MMRec configuration with REARM's dataset-dependent values
 already resolved, the dataset folder and the fingerprint of the data the model was trained on, the
 model name, the epoch and the valid / test metrics of that epoch.

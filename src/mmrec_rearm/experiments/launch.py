@@ -37,9 +37,9 @@ from .. import processes
 from ..atomic import write_text
 from . import runner as _runner_module
 from .plan import RunSpec
+from .runner_events import PROGRESS_PREFIX
 
 RUNNER_PATH = Path(_runner_module.__file__).resolve()
-PROGRESS_PREFIX = _runner_module.PROGRESS_PREFIX
 _MISSING_MODULE = re.compile(r"No module named '([A-Za-z0-9_]+)")
 EventHandler = Callable[[dict], None]
 

@@ -86,19 +86,6 @@ _state = _sibling("runner_state")
 _fixes = _sibling("runner_fixes")
 _checkpoint = _sibling("runner_checkpoint")
 
-PROGRESS_PREFIX = _events.PROGRESS_PREFIX
-emit = _events.emit
-parse_final_lines = mmrec_output.parse_final_lines
-CPU_PARAMETER_FIXES = _fixes.CPU_PARAMETER_FIXES
-HOST_FIXES_ENV = _fixes.HOST_FIXES_ENV
-unregister_cpu_parameters = _fixes.unregister_cpu_parameters
-env_off = _fixes.env_off
-CHECKPOINT_MODELS = _checkpoint.CHECKPOINT_MODELS
-CHECKPOINT_ENV = _checkpoint.CHECKPOINT_ENV
-checkpoint_target = _checkpoint.checkpoint_target
-checkpoint_payload = _checkpoint.checkpoint_payload
-save_checkpoint = _checkpoint.save_checkpoint
-
 
 class _Session:
     """What the recording trainer does around MMRec's ``fit`` loop: the per-epoch events and
@@ -108,7 +95,7 @@ class _Session:
 
     def __init__(self, spec: dict, started: float):
         self.recorder = _events.EpochRecorder(started)
-        self.keeper = _checkpoint.BestKeeper(*checkpoint_target(spec))
+        self.keeper = _checkpoint.BestKeeper(*_checkpoint.checkpoint_target(spec))
         self.state_path = str(spec.get("state_path") or "") or None
         self.resume = bool(spec.get("resume", True))
         self.run_key = str(spec.get("run_key") or "")
@@ -143,15 +130,16 @@ class _Session:
                 self.epoch_boundary(trainer)
                 return original(*args, **kwargs)
             trainer.model.pre_epoch_processing = pre_epoch_processing  # this instance only
-        emit({"event": "start", "mmrec_log": _events.log_file(), "device": self.device,
-              "epochs": self.recorder.epochs, "resumed_from": self.resumed_from, "state_path": self.state_path})
+        _events.emit({"event": "start", "mmrec_log": _events.log_file(), "device": self.device,
+                      "epochs": self.recorder.epochs, "resumed_from": self.resumed_from, "state_path": self.state_path})
 
     def _resume(self, trainer, train_data) -> None:
         try:
             payload = _state.load(self.state_path)
             _state.check(payload, self.state_path, run_key=self.run_key, digest=self.digest, signature=self.signature)
         except _state.StateError as exc:
-            emit({"event": "state_ignored", "path": self.state_path, "message": f"{exc}; starting from epoch 0"})
+            _events.emit({"event": "state_ignored", "path": self.state_path,
+                          "message": f"{exc}; starting from epoch 0"})
             return
         try:
             _state.restore(trainer, train_data, payload)
@@ -183,9 +171,9 @@ class _Session:
             _state.save(self.state_path, payload)
         except Exception as exc:  # a run that cannot be resumed is still worth finishing
             message = f"training state not saved ({type(exc).__name__}: {exc}); this run cannot resume from here"
-            emit({"event": "state_error", "path": self.state_path, "epoch": epoch, "message": message[:500]})
+            _events.emit({"event": "state_error", "path": self.state_path, "epoch": epoch, "message": message[:500]})
             return
-        emit({"event": "state", "epoch": epoch, "finished": finished, "path": self.state_path})
+        _events.emit({"event": "state", "epoch": epoch, "finished": finished, "path": self.state_path})
 
     # -- epochs ---------------------------------------------------------------------------------
     def trained(self, trainer, epoch: int, out, began: float) -> None:
@@ -281,7 +269,7 @@ def run(spec: dict) -> dict:
             never_improved = best_score is None or float(best_score) == -1
         else:
             text = open(result["mmrec_log"], encoding="utf-8", errors="replace").read() if result["mmrec_log"] else ""
-            valid, test = parse_final_lines(text)
+            valid, test = mmrec_output.parse_final_lines(text)
             if valid is None or test is None:
                 raise RuntimeError("quick_start finished but neither the trainer nor the log gave a result")
             result.update(valid=valid, test=test, result_source="log")
@@ -341,7 +329,7 @@ def main(argv=None) -> int:
         sys.stderr.write("interrupted: the run was stopped and is not recorded\n")
         return 130
     write_atomically(spec["result_path"], result)
-    emit({"event": "end", "status": result["status"], "message": result.get("message")})
+    _events.emit({"event": "end", "status": result["status"], "message": result.get("message")})
     return 0 if result["status"] == "ok" else 1
 
 

@@ -51,27 +51,17 @@ def topk_columns(block: np.ndarray, kk: int, floor: Optional[np.ndarray] = None)
         gmax = np.concatenate([gmax, block[main:].max(axis=0, keepdims=True)])
     thr = _threshold(gmax, kk, 0, floor)
     gi, ci = np.nonzero(gmax >= thr)
-    cols_out, rows_out, vals_out = [], [], []
+    found = []  # (column, row, value) per gathered part
     in_main = gi < g
     if in_main.any():
         g_sel, c_sel = gi[in_main], ci[in_main]
-        vals = grouped[g_sel, :, c_sel]  # (pairs, w)
-        p, off = np.nonzero(vals >= thr[c_sel][:, None])
-        cols_out.append(c_sel[p])
-        rows_out.append(g_sel[p] * w + off)
-        vals_out.append(vals[p, off])
+        p, off, vals = _reaching(grouped[g_sel, :, c_sel], thr[c_sel])  # candidates (pairs, w)
+        found.append((c_sel[p], g_sel[p] * w + off, vals))
     if main < n and (~in_main).any():
         c_sel = ci[~in_main]
-        vals = block[main:, c_sel].T  # (pairs, tail)
-        p, off = np.nonzero(vals >= thr[c_sel][:, None])
-        cols_out.append(c_sel[p])
-        rows_out.append(main + off)
-        vals_out.append(vals[p, off])
-    if not cols_out:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0, dtype=np.float32)
-    return first_per_line(np.concatenate(cols_out).astype(np.int64), np.concatenate(rows_out).astype(np.int64),
-                          np.concatenate(vals_out), b, kk)
+        p, off, vals = _reaching(block[main:, c_sel].T, thr[c_sel])  # candidates (pairs, tail)
+        found.append((c_sel[p], main + off, vals))
+    return _best_per_line(found, b, kk, np.float32)
 
 
 def topk_rows(block: np.ndarray, kk: int, floor: Optional[np.ndarray] = None) -> Triplets:
@@ -97,26 +87,33 @@ def topk_rows(block: np.ndarray, kk: int, floor: Optional[np.ndarray] = None) ->
         gmax = np.concatenate([gmax, block[:, main:].max(axis=1, keepdims=True)], axis=1)
     thr = _threshold(gmax, kk, 1, floor)
     ri, gi = np.nonzero(gmax >= thr[:, None])
-    rows_out, cols_out, vals_out = [], [], []
+    found = []  # (row, column, value) per gathered part
     in_main = gi < g
     if in_main.any():
         r_sel, g_sel = ri[in_main], gi[in_main]
-        vals = grouped[r_sel, :, g_sel]  # (pairs, w)
-        p, off = np.nonzero(vals >= thr[r_sel][:, None])
-        rows_out.append(r_sel[p])
-        cols_out.append(off * g + g_sel[p])
-        vals_out.append(vals[p, off])
+        p, off, vals = _reaching(grouped[r_sel, :, g_sel], thr[r_sel])  # candidates (pairs, w)
+        found.append((r_sel[p], off * g + g_sel[p], vals))
     if main < n and (~in_main).any():
         r_sel = ri[~in_main]
-        vals = block[r_sel, main:]  # (pairs, tail)
-        p, off = np.nonzero(vals >= thr[r_sel][:, None])
-        rows_out.append(r_sel[p])
-        cols_out.append(main + off)
-        vals_out.append(vals[p, off])
-    if not rows_out:
-        return empty, empty, np.zeros(0, dtype=block.dtype)
-    return first_per_line(np.concatenate(rows_out).astype(np.int64), np.concatenate(cols_out).astype(np.int64),
-                          np.concatenate(vals_out), m, kk)
+        p, off, vals = _reaching(block[r_sel, main:], thr[r_sel])  # candidates (pairs, tail)
+        found.append((r_sel[p], main + off, vals))
+    return _best_per_line(found, m, kk, block.dtype)
+
+
+def _reaching(candidates: np.ndarray, limits: np.ndarray) -> Triplets:
+    """The entries of ``candidates`` ``(pairs, w)`` that reach their pair's ``limits`` ``(pairs,)``
+    -> (pair, offset in the pair's candidates, value)."""
+    p, off = np.nonzero(candidates >= limits[:, None])
+    return p, off, candidates[p, off]
+
+
+def _best_per_line(found: list, n_lines: int, kk: int, empty_dtype) -> Triplets:
+    """:func:`first_per_line` of the gathered parts ``found`` (a list of (line, other, value))."""
+    if not found:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=empty_dtype)
+    lines, others, vals = (np.concatenate(part) for part in zip(*found))
+    return first_per_line(lines.astype(np.int64), others.astype(np.int64), vals, n_lines, kk)
 
 
 def _threshold(gmax: np.ndarray, kk: int, axis: int, floor: Optional[np.ndarray]) -> np.ndarray:

@@ -50,7 +50,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_homogeneous_graphs(data, graph_settings: Dict[str, Any], cache_dir: Any):
-    """The fused homogeneous graphs of ``data`` via the foundation cache -> (graphs, hit)."""
+    """The fused homogeneous graphs of ``data`` via the foundation cache -> (graphs, hit).
+
+    ``cache_dir``: the cache folder, or False to bypass the cache."""
     from ..cache import load_or_build
     from ..graphs import GraphParams
 
@@ -173,20 +175,22 @@ class REARM(CachedScoring, BaseRecommender):
 
     def _graphs(self, config: Any, settings: RearmSettings, inter: sp.csr_matrix, names: Sequence[str],
                 feats: Sequence[torch.Tensor]):
+        from ..cache import cache_dir_for, data_fingerprint
         from ..data import TrainingData
 
         coo = inter.tocoo()
-        folder = dataset_folder(config)
-        inter_name = config_value(config, "inter_file_name", f"{settings.dataset}.inter")
+        inter_file = os.path.join(dataset_folder(config),
+                                  str(config_value(config, "inter_file_name", f"{settings.dataset}.inter")))
         data = TrainingData.from_arrays(
             coo.row, coo.col, self.n_users, self.n_items,
             {name: f.detach().cpu().numpy() for name, f in zip(names, feats)},
-            source={"inter": os.path.join(folder, str(inter_name))})
-        from ..cache import data_fingerprint
+            source={"inter": inter_file})  # a record of where MMRec read them; it does not steer the cache
 
         #: what this model was built on (checkpoints store it; recommend checks a dataset against it)
         self.data_fingerprint = data_fingerprint(data)
-        return build_homogeneous_graphs(data, settings.graph, settings.cache_dir)
+        # the cache folder is chosen here, beside the file MMRec read (or as configured)
+        cache_dir = False if settings.cache_dir is False else cache_dir_for(inter_file, settings.cache_dir)
+        return build_homogeneous_graphs(data, settings.graph, cache_dir)
 
     def _reset_parameters(self) -> None:
         # Official initialisation: N(0, 0.1) ID embeddings, Xavier-normal projection weights;
