@@ -81,6 +81,10 @@ STRESSED = Training("stressed", 1e-4, (0.5, 1), 0.5, 2.0, 0.05)
 #: training, whose checks (lr, loss weights, decay) do not depend on the data, on TikTok in float64
 RUNS = [("baby", DEFAULT, "float64"), ("baby", DEFAULT, "float32"), ("tiktok", DEFAULT, "float64"),
         ("tiktok", STRESSED, "float64"), ("tiktok", DEFAULT, "float32")]
+#: the Baby runs are tested here, the TikTok ones in tests/test_trajectory_official_tiktok.py (two files,
+#: so that the test workers, which take whole files, can run them at the same time)
+BABY_RUNS = [run for run in RUNS if run[0] == "baby"]
+TIKTOK_RUNS = [run for run in RUNS if run[0] == "tiktok"]
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +218,14 @@ def train_both(mmrec, pair, batches, training: Training, n_users: int) -> dict:
     return log
 
 
-@pytest.mark.parametrize("case, training, precision", RUNS, ids=[f"{n}-{t.name}-{p}" for n, t, p in RUNS],
-                         indirect=["case"])
+@pytest.mark.parametrize("case, training, precision", BABY_RUNS,
+                         ids=[f"{n}-{t.name}-{p}" for n, t, p in BABY_RUNS], indirect=["case"])
 def test_training_trajectory_matches_official(case, training, precision, mmrec, official, record_property):
+    check_trajectory(case, training, precision, mmrec, official, record_property)
+
+
+def check_trajectory(case, training, precision, mmrec, official, record_property) -> None:
+    """The runs of one RUNS entry in lockstep and every check of the module docstring."""
     name, subset, batches = case[0], case[1], case[-1]
     pair = build_pair(official, case, training)
     if precision == "float64":
