@@ -3,9 +3,12 @@ from the same weights on the same graphs, step by step.
 
 Runs when a clone of the official code is found (like tests/test_parity_official.py; see
 docs/testing.md) and a checkout of MMRec (its ``common.trainer`` is imported in isolation, nothing
-is written there). Two subsets of 600 users: Baby with seeded random features of Baby's widths
-(4096-d image, 384-d text) and TikTok with its real 128-d image and audio features; the Baby preset
-(our default for TikTok too).
+is written there). Two subsets: 300 consecutive Baby users (about 1,500 items) with seeded random
+features of Baby's widths (4096-d image, 384-d text), and the 600 TikTok users of the parity tests
+with their real 128-d image and audio features; the Baby preset (our default for TikTok too). The
+Baby subset is half the parity tests' one because its features are trainable parameters of 4096 +
+384 columns per item and per user, which make Adam's step and the backward pass the cost of the
+test; the trajectory checks do not depend on the number of rows.
 
 For each, the official model is built and its weights perturbed (official_harness), loaded into
 ours with ``load_official_state_dict``; both use our homogeneous graphs. Then the same 20 batches of
@@ -50,12 +53,14 @@ torch = pytest.importorskip("torch")
 from conftest import locate_mmrec_checkout  # noqa: E402
 from mmrec_rearm.model.presets import PRESETS  # noqa: E402
 from official_harness import (  # noqa: E402
-    BABY, MMRecConfig, as_float64, build_official, build_official_model, graph_as_csr,
+    BABY, BABY_DEFAULT, BABY_ENV, BABY_RANDOM_FEATURES, USER_WINDOW, MMRecConfig, data_folder_or_skip, read_subset, as_float64, build_official, build_official_model, graph_as_csr,
     import_mmrec_trainer, our_config, training_batch, write_mmrec_features, write_official_dataset)
 
 STEP_TOL = 1e-8          # float64: largest absolute parameter difference after any step
 FLOAT32_SANITY = 1e-3    # float32: the drift is reported; this only catches a broken run
 BATCHES_PER_EPOCH, EPOCHS, BATCH_SIZE = 10, 2, 256
+#: the Baby users of the trajectory runs: the first half of the parity tests' window
+BABY_WINDOW = (USER_WINDOW[0], USER_WINDOW[0] + 300)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,10 @@ STRESSED = Training("stressed", 1e-4, (0.5, 1), 0.5, 2.0, 0.05)
 #: training, whose checks (lr, loss weights, decay) do not depend on the data, on TikTok in float64
 RUNS = [("baby", DEFAULT, "float64"), ("baby", DEFAULT, "float32"), ("tiktok", DEFAULT, "float64"),
         ("tiktok", STRESSED, "float64"), ("tiktok", DEFAULT, "float32")]
+#: the Baby runs are tested here, the TikTok ones in tests/test_trajectory_official_tiktok.py (two files,
+#: so that the test workers, which take whole files, can run them at the same time)
+BABY_RUNS = [run for run in RUNS if run[0] == "baby"]
+TIKTOK_RUNS = [run for run in RUNS if run[0] == "tiktok"]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +100,11 @@ def case(request, official, tmp_path_factory):
     """(name, subset, official dataset side, official work folder, folder with our feature files,
     the batches) for the subset named by the test's parameter, built once per module."""
     name = request.param
-    subset = request.getfixturevalue(f"{name}_subset")
+    if name == "baby":
+        folder = data_folder_or_skip(BABY_ENV, BABY_DEFAULT, "Baby", ("baby.inter",))
+        subset = read_subset(folder, "baby", window=BABY_WINDOW, random_features=BABY_RANDOM_FEATURES)
+    else:
+        subset = request.getfixturevalue(f"{name}_subset")
     workdir = tmp_path_factory.mktemp(f"official_{name}")
     write_official_dataset(subset, workdir)
     side = build_official(official, BABY, workdir)
@@ -205,9 +218,14 @@ def train_both(mmrec, pair, batches, training: Training, n_users: int) -> dict:
     return log
 
 
-@pytest.mark.parametrize("case, training, precision", RUNS, ids=[f"{n}-{t.name}-{p}" for n, t, p in RUNS],
-                         indirect=["case"])
+@pytest.mark.parametrize("case, training, precision", BABY_RUNS,
+                         ids=[f"{n}-{t.name}-{p}" for n, t, p in BABY_RUNS], indirect=["case"])
 def test_training_trajectory_matches_official(case, training, precision, mmrec, official, record_property):
+    check_trajectory(case, training, precision, mmrec, official, record_property)
+
+
+def check_trajectory(case, training, precision, mmrec, official, record_property) -> None:
+    """The runs of one RUNS entry in lockstep and every check of the module docstring."""
     name, subset, batches = case[0], case[1], case[-1]
     pair = build_pair(official, case, training)
     if precision == "float64":

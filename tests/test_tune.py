@@ -29,12 +29,14 @@ from mmrec_rearm.experiments.store import RunStore
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# A trainer whose per-epoch validation follows config['curve'] (sleeping config['pause'] s per epoch) and
+# A trainer whose per-epoch validation follows config['curve'] (sleeping config['pause'] s per epoch, or
+# $TUNE_TEST_PAUSE_S s when set: a rerun can go fast with the study's settings unchanged) and
 # whose TEST values are adversarial: test = 1 - best validation, so choosing on test picks the worst.
 # Its fit has MMRec's shape (_train_epoch, _valid_epoch on valid, early stopping, _valid_epoch on
 # test), the hooks the runner reports progress from.
 TUNE_UTILS = '''
 import logging
+import os
 import time
 
 
@@ -48,7 +50,7 @@ class Trainer(object):
         self.epochs = config.get("epochs")
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None):
-        time.sleep(self.config.get("pause", 0))
+        time.sleep(float(os.environ.get("TUNE_TEST_PAUSE_S", self.config.get("pause", 0))))
         for _ in train_data:
             pass
         return 1.0, []
@@ -355,7 +357,8 @@ def test_sigterm_kills_the_trials_in_flight_and_the_next_call_reruns_them(tmp_pa
         optuna.storages.journal.JournalFileBackend(str(results / "toy" / "optuna.journal")))
     trials = optuna.load_study(study_name="toy.T", storage=storage).get_trials()
     assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]
-    rerun = subprocess.run(command, env=env, text=True, capture_output=True, timeout=180)
+    # the same command and settings; the pause only had to outlast the start of the second trial
+    rerun = subprocess.run(command, env=dict(env, TUNE_TEST_PAUSE_S="0"), text=True, capture_output=True, timeout=180)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     trials = optuna.load_study(study_name="toy.T", storage=storage).get_trials()
     retried = {t.user_attrs.get("retry_of") for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
