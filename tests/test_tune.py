@@ -243,6 +243,42 @@ def test_tune_selects_on_validation_prunes_and_records_every_trial(tmp_path):
     assert again.counts.get("complete", 0) + again.counts.get("pruned", 0) >= 12
 
 
+def test_a_run_that_trained_its_last_epoch_is_complete_never_pruned(tmp_path):
+    """Two finished trials report validation only at their last epoch (MMRec's eval_step); the third
+    is below their median from epoch 0 on, but the pruner can judge it only at that last epoch, when
+    stopping it would save nothing and lose its test values: it completes."""
+    root = fake_mmrec(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 1.0e-4, high: 1.0e-1, log: true}\n")    # distinct values: no reused runs
+    calls = []
+
+    def run(spec, extra, on_event):
+        calls.append(spec)
+        curve = [None, None, None, 0.5] if len(calls) <= 2 else [0.1, 0.1, 0.1, 0.1]
+        history = []
+        for epoch, score in enumerate(curve):
+            if score is not None:
+                history.append({"epoch": epoch, "valid_score": score})
+            on_event({"event": "epoch", "epoch": epoch, "valid_score": score, "loss": 1.0})
+        best = max(s for s in curve if s is not None)
+        return {"status": "ok", "valid": {"recall@20": best}, "test": {"recall@20": 1 - best},
+                "best_epoch": curve.index(best), "history": history, "wall_s": 0.01}
+
+    report = _tune(root, tmp_path, 3, run_fn=run, jobs=1, space_file=space, overrides=["T.curve=[[0.0]]"],
+                   summary=False)
+    study = optuna.load_study(study_name="toy.T", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "results" / "toy" / "optuna.journal"))))
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3 and len(calls) == 3
+    assert study.get_trials()[2].value == pytest.approx(0.1) and report.counts == {"complete": 3}
+    # the same pruner does stop a trial below the median before its last epoch
+    calls.clear()
+    _tune(root, tmp_path, 4, run_fn=run, jobs=1, space_file=space, overrides=["T.curve=[[0.0]]"], epochs=5,
+          study_name="five", summary=False)
+    five = optuna.load_study(study_name="five", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "results" / "toy" / "optuna.journal"))))
+    assert [t.state.name for t in five.get_trials()] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+
+
 def test_a_study_refuses_other_settings_and_needs_optuna_message(tmp_path):
     root = fake_mmrec(tmp_path)
     _tune(root, tmp_path, 2, run_fn=curve_run([]), summary=False)
@@ -339,9 +375,14 @@ def test_sigterm_kills_the_trials_in_flight_and_the_next_call_reruns_them(tmp_pa
 
     root = fake_mmrec(tmp_path)
     results = tmp_path / "results"
+    # a float range: the two trials in flight never draw the same values (with a 12-value grid they did
+    # one time in 12, and the second then waited for the first's run to reuse it instead of starting)
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 1.0e-4, high: 1.0e-1, log: true}\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "mmrec_rearm.cli", "tune", "--mmrec", str(root), "-d", "toy", "-m", "T",
-               "--trials", "3", "--epochs", "4", "--results", str(results), "--jobs", "2", "--set", "T.pause=3"]
+               "--trials", "3", "--epochs", "4", "--results", str(results), "--jobs", "2", "--set", "T.pause=3",
+               "--space", str(space)]
     # 3 s per epoch: on a busy machine no trial may finish before the second one's run has started
     worker = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120

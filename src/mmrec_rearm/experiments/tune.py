@@ -11,7 +11,9 @@ finds the winner's run already done. How the work is split and kept:
 * **Pruning**: every epoch's validation score (the runner's ``epoch`` events) is reported to
   Optuna's pruner; a trial it prunes is stopped through the run machinery (:class:`~.launch.StopRun`:
   the subprocess is ended, its log closed, its training state kept) and recorded as ``pruned``. Should
-  the pruner let the same configuration go on later, its run continues from that state.
+  the pruner let the same configuration go on later, its run continues from that state. A run that
+  has trained its last epoch is never pruned: it is complete, and stopping it would only lose its
+  test values.
 * **Storage**: by default an Optuna journal file, ``<results>/<dataset>/optuna.journal``: no
   server, safe for several processes on one machine and on a shared (NFS) filesystem. A URL
   (``postgresql://...``, ``sqlite:///...``) uses Optuna's database storage, with heartbeats, so
@@ -111,6 +113,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _last_epoch(spec: RunSpec, base: dict) -> Optional[int]:
+    """The index of the run's last epoch (``--epochs``, else ``epochs`` of the trial's configuration,
+    else of MMRec's merged YAML files ``base``); None when that is not a positive integer."""
+    total = spec.epochs if spec.epochs is not None else spec.config.get("epochs", base.get("epochs"))
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        return None
+    return total - 1
+
+
 class _Objective:
     """One trial = one run of the sampled configuration, in a free slot (module docstring)."""
 
@@ -179,6 +190,7 @@ class _Objective:
         self.say(f"{label}{f' [{slot.label}]' if slot.label else ''}: {format_config(values)}")
         printer = ProgressDisplay(lambda message: self.say(f"[{label}] {message.strip()}"), bar=False)
         history: List[dict] = []
+        last = _last_epoch(spec, self.space.base)
 
         def on_event(event: dict) -> None:
             printer(event)
@@ -189,6 +201,8 @@ class _Objective:
             if step not in reported:
                 trial.report(score, step)
                 reported.add(step)
+            if last is not None and step >= last:
+                return  # the run has trained its last epoch: stopping it now would only lose its test values
             if trial.should_prune():
                 raise StopRun(f"pruned at epoch {step}: valid {self.metric} {score:.4f}")
 
