@@ -12,7 +12,7 @@ import sys
 from ..errors import ConfigError
 from .compare import compare
 from .datasets import convert_official_splits, detect_feature_files, write_dataset_yaml
-from .run_command import add_checkout_and_dataset
+from .run_command import add_mmrec_command
 from .user_graph import DEFAULT_NEIGHBOURS, make_user_graph_dict
 
 
@@ -74,15 +74,17 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMPARE_SUMMARY = "run models side by side through MMRec; Table 2 with validation-only selection"
+_COMPARE_DESCRIPTION = """\
+Run every (model, configuration, seed) through MMRec's quick_start, one process each. Finished runs
+are kept in RESULTS/DATASET/runs.jsonl; rerunning resumes."""
+
+
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     """Add ``compare``, ``user-graph``, ``convert-official-splits``, ``ablate``, ``sensitivity``, ``heatmap``,
     ``recommend`` and ``tune``; each sets ``handler``
     (``handler(args) -> exit code``, the convention of :mod:`mmrec_rearm.cli`)."""
-    p = subparsers.add_parser(
-        "compare", help="run models side by side through MMRec; Table 2 with validation-only selection",
-        description="Run every (model, configuration, seed) through MMRec's quick_start, one process each. "
-                    "Finished runs are kept in RESULTS/DATASET/runs.jsonl; rerunning resumes.")
-    add_checkout_and_dataset(p)
+    p = add_mmrec_command(subparsers, "compare", run_compare, _COMPARE_SUMMARY, _COMPARE_DESCRIPTION)
     p.add_argument("-m", "--models", nargs="+", required=True, help="MMRec model names, e.g. REARM LightGCN FREEDOM")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds: 999, 1000, ... (default 1)")
     p.add_argument("--seed-list", type=int, nargs="+", help="explicit seeds instead of --seeds")
@@ -105,7 +107,6 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
                         "unless named)")
     p.add_argument("--tune-storage", metavar="URL|FILE",
                    help="Optuna storage of --from-tune (default RESULTS/DATASET/optuna.journal)")
-    p.set_defaults(handler=run_compare)
 
     g = subparsers.add_parser("user-graph", help="write DRAGON/DualGNN's user_graph_dict.npy (sparse, seconds)")
     g.add_argument("folder", nargs="?", help="dataset folder (with NAME.inter)")
@@ -318,14 +319,16 @@ def run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+_TUNE_SUMMARY = "Optuna search over one model's settings, on validation only, with pruning (needs optuna)"
+_TUNE_DESCRIPTION = """\
+Tune one MMRec model with Optuna: each trial is one run (stored in RESULTS/DATASET/runs.jsonl), its
+objective MMRec's validation metric; per-epoch validation feeds the pruner. Rerun to continue; start
+more workers with the same --storage and --study to scale out. Writes RESULTS/DATASET/tune/STUDY.md
+and PNG figures."""
+
+
 def _add_tune_subcommand(subparsers: "argparse._SubParsersAction") -> None:
-    t = subparsers.add_parser(
-        "tune", help="Optuna search over one model's settings, on validation only, with pruning (needs optuna)",
-        description="Tune one MMRec model with Optuna: each trial is one run (stored in RESULTS/DATASET/runs.jsonl), "
-                    "its objective MMRec's validation metric; per-epoch validation feeds the pruner. Rerun to "
-                    "continue; start more workers with the same --storage and --study to scale out. Writes "
-                    "RESULTS/DATASET/tune/STUDY.md and PNG figures.")
-    add_checkout_and_dataset(t)
+    t = add_mmrec_command(subparsers, "tune", run_tune, _TUNE_SUMMARY, _TUNE_DESCRIPTION)
     t.add_argument("-m", "--model", required=True, help="MMRec model name, e.g. REARM or LightGCN")
     t.add_argument("--trials", type=int, required=True, help="complete + pruned trials the study ends with")
     t.add_argument("--epochs", type=int, help="epoch budget of every trial (default: the YAML's)")
@@ -350,4 +353,3 @@ def _add_tune_subcommand(subparsers: "argparse._SubParsersAction") -> None:
     t.add_argument("--no-summary", action="store_true", help="write no Markdown / PNG summary")
     t.add_argument("--dry-run", action="store_true", help="print the study, search space and slots; run nothing")
     _add_parallel_options(t)
-    t.set_defaults(handler=run_tune)

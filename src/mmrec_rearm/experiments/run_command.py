@@ -18,22 +18,30 @@ def run_single(args: argparse.Namespace) -> int:
     return 0 if record is None or record.get("status") == "ok" else 1
 
 
-def add_checkout_and_dataset(parser: argparse.ArgumentParser, **mmrec_options) -> None:
-    """The ``--mmrec`` and ``-d/--dataset`` arguments (both required) of the commands that run MMRec
-    (run, compare, tune); ``mmrec_options`` go to ``--mmrec`` (e.g. ``metavar``)."""
+def add_mmrec_command(subparsers: "argparse._SubParsersAction", name: str, handler, summary: str, description: str,
+                      **mmrec_options) -> argparse.ArgumentParser:
+    """The subcommand ``name`` of a command that runs MMRec (run, compare, tune): its parser, with the
+    ``--mmrec`` and ``-d/--dataset`` arguments every such command takes (both required;
+    ``mmrec_options`` go to ``--mmrec``, e.g. ``metavar``) and ``handler`` (``handler(args) -> exit
+    code``). The caller adds the command's own arguments to the returned parser."""
+    parser = subparsers.add_parser(name, help=summary, description=description)
     parser.add_argument("--mmrec", required=True, help="MMRec checkout (or its src folder)", **mmrec_options)
     parser.add_argument("-d", "--dataset", required=True, help="dataset name (MMRec's configs/dataset/NAME.yaml)")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+_RUN_SUMMARY = "train one MMRec model once, with overrides, live progress and resume"
+_RUN_DESCRIPTION = """\
+Train one model (any MMRec model, REARM by default) on one dataset through MMRec's own quick_start.
+Shows a progress bar inside each epoch and one line per epoch (time, each named loss, the validation
+metric). The training state is saved after every epoch: after an interruption, the same command
+continues from the last finished epoch. The record goes to RESULTS/DATASET/runs.jsonl, shared with
+compare."""
 
 
 def add_run_subcommand(subparsers: "argparse._SubParsersAction") -> None:
-    r = subparsers.add_parser(
-        "run", help="train one MMRec model once, with overrides, live progress and resume",
-        description="Train one model (any MMRec model, REARM by default) on one dataset through MMRec's own "
-                    "quick_start. Shows a progress bar inside each epoch and one line per epoch (time, each "
-                    "named loss, the validation metric). The training state is saved after every epoch: "
-                    "after an interruption, the same command continues from the last finished epoch. The "
-                    "record goes to RESULTS/DATASET/runs.jsonl, shared with compare.")
-    add_checkout_and_dataset(r, metavar="DIR")
+    r = add_mmrec_command(subparsers, "run", run_single, _RUN_SUMMARY, _RUN_DESCRIPTION, metavar="DIR")
     r.add_argument("-m", "--model", default="REARM", help="MMRec model name (default REARM)")
     r.add_argument("--epochs", type=int, help="epoch budget (default: the YAML's; early stopping as configured)")
     r.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
@@ -50,4 +58,3 @@ def add_run_subcommand(subparsers: "argparse._SubParsersAction") -> None:
                                                         "saved state")
     r.add_argument("--dry-run", action="store_true", help="check the checkout, model, data and settings; train nothing")
     r.add_argument("--timeout", type=float, metavar="S", help="kill the run after S seconds (its state is kept)")
-    r.set_defaults(handler=run_single)
