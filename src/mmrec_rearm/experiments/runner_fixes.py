@@ -65,9 +65,11 @@ def unregister_cpu_parameters(model, names) -> list:
 def cuda_identity(model: str) -> List[str]:
     """For a model of :data:`CUDA_CALL_MODELS` on a host without CUDA: ``Tensor.cuda()`` returns
     the tensor itself, for the rest of this process. -> description, or [] when not applied."""
-    import torch
+    if model not in CUDA_CALL_MODELS:
+        return []
+    import torch  # only now: a run that needs no fix should not pay for importing torch
 
-    if model not in CUDA_CALL_MODELS or torch.cuda.is_available():
+    if torch.cuda.is_available():
         return []
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     return [f"{model}: Tensor.cuda() returns the tensor itself (no CUDA on this host; the model calls "
