@@ -97,6 +97,15 @@ COMMANDS = {
 }
 
 
+def _signal_state(pid: int) -> str:
+    """The Sig* lines of /proc/PID/status (ignored, blocked, caught masks): what a failure needs."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    return ", ".join(line.replace("\t", " ") for line in lines if line.startswith(("SigIgn", "SigBlk", "SigCgt")))
+
+
 @pytest.mark.parametrize("how", ["terminal", "command only"])
 @pytest.mark.parametrize("command_name", sorted(COMMANDS))
 def test_ctrl_c_ends_the_command_and_its_training_promptly_in_one_line(tmp_path, command_name, how):
@@ -109,8 +118,11 @@ def test_ctrl_c_ends_the_command_and_its_training_promptly_in_one_line(tmp_path,
     try:
         out, err = command.communicate(timeout=15)
     except subprocess.TimeoutExpired:
+        signals = _signal_state(command.pid)   # SIGINT is bit 1 (value 2): ignored or blocked here?
         os.killpg(command.pid, signal.SIGKILL)
-        pytest.fail("the command did not end within 15 s of Ctrl-C")
+        out, err = command.communicate()
+        pytest.fail(f"the command did not end within 15 s of Ctrl-C; its signals {signals}; "
+                    f"this test process's {_signal_state(os.getpid())}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}")
     assert wait_until(lambda: not alive(training), 5), "the training process outlived the command"
     assert command.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
