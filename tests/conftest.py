@@ -17,6 +17,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
+# The files that run real MMRec or the official code for half a minute or more, costliest first.
+# They are scheduled before all others (setup.cfg turns off xdist's own order, which puts files with
+# many tests first and so left these one-test files to the end, one worker running alone). Each
+# file stays on one worker (--dist loadfile): its module fixtures are built once.
+RUN_FIRST = ("test_readme.py", "test_integration_table2.py", "test_trajectory_official.py",
+             "test_trajectory_official_tiktok.py", "test_integration_mmrec.py", "test_integration_baselines.py",
+             "test_resume_mmrec.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(RUN_FIRST)))  # stable: the rest keep their order
+
 
 # --- shared by several test areas ----------------------------------------------------------------
 
