@@ -334,7 +334,9 @@ def test_two_worker_processes_share_one_embedded_study(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "mmrec_rearm.cli", "tune", "--mmrec", str(root), "-d", "toy", "-m", "T",
                "--trials", "10", "--epochs", "4", "--results", str(results), "--startup-trials", "2",
-               "--set", "T.pause=0.15"]
+               "--set", "T.pause=0.3"]
+    # over 1 s a trial: even when one process starts seconds after the other on a busy machine, the first
+    # cannot finish all ten trials alone (fake runs start in 0.1 s)
     workers = [subprocess.Popen(command + ["--sampler-seed", str(i)], env=env, cwd=tmp_path, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
