@@ -23,8 +23,8 @@ import torch
 from mmrec_rearm.model.layers import SparseGraph
 
 # the data and conversions REARM's official-code harness owns, shared by every parity test
-from official_harness import (TIKTOK_DEFAULT, TIKTOK_ENV, USER_WINDOW, Subset, data_folder_or_skip,  # noqa: F401
-                              graph_as_csr, read_subset, to_csr, to_torch_sparse)
+from official_harness import (SCORED_USERS, TIKTOK_DEFAULT, TIKTOK_ENV, USER_WINDOW, Subset,  # noqa: F401
+                              data_folder_or_skip, graph_as_csr, read_subset, to_csr, to_torch_sparse)
 
 #: largest scaled difference (:func:`scaled_difference`) a float64 baseline parity check accepts
 TOLERANCE = 1e-6

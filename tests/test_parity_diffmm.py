@@ -43,7 +43,7 @@ ENV = "DIFFMM_OFFICIAL_SRC"
 DEFAULTS = oc.default_places("DiffMM-official", "DiffMM")
 HOWTO = f"git clone https://github.com/HKUDS/DiffMM and set {ENV}=/path/to/the/clone"
 BATCH = 256
-SCORED_USERS = np.arange(0, ps.USER_WINDOW[1] - ps.USER_WINDOW[0], 3)  # every third user of the window
+SCORED_USERS = ps.SCORED_USERS  # every third user of the window, as in REARM's parity tests
 REG, CL, E_LOSS, TEMP = 0.1, 0.5, 0.5, 0.5
 PRECISIONS = {"float32": (torch.float32, 1e-5), "float64": (torch.float64, 1e-6)}
 

@@ -37,7 +37,7 @@ ENV = "MICRO_OFFICIAL_SRC"
 DEFAULTS = oc.default_places("MICRO-official", "MICRO")
 HOWTO = f"git clone https://github.com/CRIPAC-DIG/MICRO and set {ENV}=/path/to/the/clone"
 BATCH = 256
-SCORED_USERS = np.arange(0, ps.USER_WINDOW[1] - ps.USER_WINDOW[0], 3)  # every third user of the window
+SCORED_USERS = ps.SCORED_USERS  # every third user of the window, as in REARM's parity tests
 CL_WEIGHT, REG_WEIGHT, KNN_K, LAMBDA = 0.5, 0.1, 10, 0.9
 TIE_TOL = 1e-6
 
