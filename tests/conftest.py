@@ -339,8 +339,8 @@ import logging
 
 
 class Trainer(object):
-    """Valid score per epoch = config['curve']; metrics derived from config 'v'/'t' and the seed.
-    Like MMRec's fit: _train_epoch, then _valid_epoch on valid, early stopping, _valid_epoch on test."""
+    """Valid score per epoch = config['curve'] (at most config['epochs'] epochs); metrics derived from
+    config 'v'/'t' and the seed. Like MMRec's fit: _train_epoch, then _valid_epoch on valid, early stopping, _valid_epoch on test."""
 
     def __init__(self, config, model, mg=False):
         self.config = config
@@ -366,7 +366,8 @@ class Trainer(object):
             import os
             os._exit(7)
         best = -1
-        for epoch, score in enumerate(self.config.get("curve", [0.1, 0.3, 0.2])):
+        epochs = self.config.get("epochs") or None  # like MMRec: at most `epochs` epochs
+        for epoch, score in enumerate(self.config.get("curve", [0.1, 0.3, 0.2])[:epochs]):
             self.epoch = epoch
             loss, _ = self._train_epoch([1, 2], epoch)
             log.info("epoch %d training [time: 0.01s, train loss: %.4f]" % (epoch, loss))

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import make_fake_mmrec
+from conftest import FAKE_UTILS, make_fake_mmrec
 
 try:
     import optuna
@@ -29,58 +29,28 @@ from mmrec_rearm.experiments.store import RunStore
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# A trainer whose per-epoch validation follows config['curve'] (sleeping config['pause'] s per epoch, or
-# $TUNE_TEST_PAUSE_S s when set: a rerun can go fast with the study's settings unchanged) and
-# whose TEST values are adversarial: test = 1 - best validation, so choosing on test picks the worst.
-# Its fit has MMRec's shape (_train_epoch, _valid_epoch on valid, early stopping, _valid_epoch on
-# test), the hooks the runner reports progress from.
-TUNE_UTILS = '''
-import logging
+# The shared fake trainer (conftest: per-epoch validation follows config['curve'], at most
+# config['epochs'] epochs, MMRec's fit shape and the hooks the runner reports progress from) with two
+# changes: it sleeps config['pause'] s per epoch (or $TUNE_TEST_PAUSE_S s when set: a rerun can go
+# fast with the study's settings unchanged), and its TEST values are adversarial: test = 1 - best
+# validation, so choosing on test picks the worst.
+TUNE_UTILS = FAKE_UTILS + '''
 import os
 import time
 
 
-class Trainer(object):
-    def __init__(self, config, model, mg=False):
-        self.config = config
-        self.cur_step = 0
-        self.best_valid_score = -1
-        self.device = "cpu"
-        self.valid_metric = "recall@20"
-        self.epochs = config.get("epochs")
-
+class TuneTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None):
         time.sleep(float(os.environ.get("TUNE_TEST_PAUSE_S", self.config.get("pause", 0))))
-        for _ in train_data:
-            pass
-        return 1.0, []
+        return super()._train_epoch(train_data, epoch_idx, loss_func)
 
-    def _valid_epoch(self, data):
-        score = self.config["curve"][self.epoch]
-        return score, {"recall@20": score}
-
-    def fit(self, train_data, valid_data=None, test_data=None, saved=False, verbose=True):
-        log = logging.getLogger()
-        best = -1
-        for epoch, score in enumerate(self.config["curve"][: self.config.get("epochs", 1000)]):
-            self.epoch = epoch
-            self._train_epoch(train_data, epoch)
-            log.info("epoch %d training [time: 0.01s, train loss: 1.0]" % epoch)
-            score, _ = self._valid_epoch(valid_data)
-            if score > best:
-                best, self.cur_step = score, 0
-            else:
-                self.cur_step += 1
-            self.best_valid_score = best
-            self._valid_epoch(test_data)
-            log.info("epoch %d evaluating [time: 0.01s, valid_score: %f]" % (epoch, score))
-        valid = {"recall@20": best, "ndcg@20": best / 2}
-        test = {"recall@20": 1 - best, "ndcg@20": (1 - best) / 2}
-        return best, valid, test
+    def fit(self, *args, **kwargs):
+        best, _, _ = super().fit(*args, **kwargs)
+        return best, {"recall@20": best, "ndcg@20": best / 2}, {"recall@20": 1 - best, "ndcg@20": (1 - best) / 2}
 
 
 def get_trainer():
-    return Trainer
+    return TuneTrainer
 '''
 
 GOOD = [0.30, 0.40, 0.50, 0.60]
