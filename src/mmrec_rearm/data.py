@@ -35,7 +35,6 @@ __all__ = [
     "read_dataset",
     "read_interactions",
     "training_matrix",
-    "binary_matrix",
     "training_data_from_arrays",
     "validate_features",
 ]
@@ -174,14 +173,6 @@ def training_matrix(users, items, n_users: int, n_items: int) -> sp.csr_matrix:
     mat = sp.csr_matrix((data, cols.astype(index_dtype), indptr), shape=(n_users, n_items))
     mat.has_sorted_indices = True
     return mat
-
-
-def binary_matrix(matrix) -> sp.csr_matrix:
-    """The 0/1 matrix (same shape, float32 canonical CSR) of a sparse or dense ``(n_users, n_items)``
-    matrix: every stored entry is one interaction, repeated entries count once. See
-    :func:`training_matrix`, which it calls."""
-    coo = sp.coo_matrix(matrix)
-    return training_matrix(coo.row, coo.col, coo.shape[0], coo.shape[1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import binary_matrix
+from ..graphs.inputs import binary_matrix
 
 __all__ = [
     "to_torch_csr",

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from torch.nn.functional import normalize
 
-from ..data import binary_matrix
+from ..graphs.inputs import binary_matrix
 from ..errors import ConfigError, DatasetError
 from ..host import BaseRecommender, CachedScoring, config_value, dataset_folder
 from ..features import load_feature_file
