@@ -117,6 +117,13 @@ def test_errors_are_named(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_modal_weights_that_are_not_a_list_are_a_named_error(folder, capsys):
+    # "0.5,0.5" is a YAML string, not a list: it used to end in a ValueError traceback
+    assert main(["estimate", str(folder), "--set", "u_modal_weights=0.5,0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "u_modal_weights='0.5,0.5': expected a list of numbers" in err and "Traceback" not in err
+
+
 def test_estimate_imports_neither_torch_nor_mmrec(folder):
     code = ("import sys; from mmrec_rearm.estimate import estimate; estimate(folder=sys.argv[1]); "
             "assert 'torch' not in sys.modules, 'torch'; print('ok')")

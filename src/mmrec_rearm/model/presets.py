@@ -301,6 +301,15 @@ def _modalities(value: Any) -> Union[str, Tuple[int, ...]]:
         f"modality indices (0 = vision slot, 1 = text slot, 2.. = extra_feature_files); got {value!r}.")
 
 
+def _number_list(key: str, value: Any) -> Tuple[float, ...]:
+    """``value`` as a tuple of floats (one weight per modality), else ConfigError naming ``key``."""
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        return tuple(float(x) for x in value)
+    raise ConfigError(f"{key}={value!r}: expected a list of numbers, one weight per modality "
+                      f"(YAML, e.g. {key}=[0.5,0.5]).")
+
+
 def read_settings(config: Any, get: Callable[[str, Any], Any],
                   dataset_yaml: Optional[Mapping[str, Any]] = None) -> RearmSettings:
     """Validated :class:`RearmSettings` from an MMRec ``Config`` (or a mapping).
@@ -320,7 +329,7 @@ def read_settings(config: Any, get: Callable[[str, Any], Any],
             graph[field_name] = value if key.endswith("modal_weights") else check_scalar(key, value)
     for key in ("u_modal_weights", "i_modal_weights"):
         if key in graph:
-            graph[key] = tuple(float(x) for x in graph[key])
+            graph[key] = _number_list(key, graph[key])
     if ablation == "wo_co":
         graph["uu_co_weight"] = graph["ii_co_weight"] = 0.0
     elif ablation == "wo_sim":
