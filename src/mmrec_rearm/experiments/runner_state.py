@@ -40,9 +40,11 @@ import time
 try:  # inside the package
     from .. import atomic
     from . import checkpoint_format
+    from .runner_events import plain_metrics
 except ImportError:  # run by path: runner.py has loaded them under these names
     import _mmrec_rearm_atomic as atomic  # type: ignore[no-redef]
     import _mmrec_rearm_checkpoint_format as checkpoint_format  # type: ignore[no-redef]
+    from _mmrec_rearm_runner_events import plain_metrics  # type: ignore[no-redef]
 
 STATE_FORMAT = checkpoint_format.FORMAT
 STATE_KIND = checkpoint_format.KIND_STATE
@@ -168,10 +170,6 @@ def data_signature(train_data) -> str:
 # the whole state
 
 
-def _metrics(result) -> dict:
-    return {str(k): float(v) for k, v in dict(result or {}).items()}
-
-
 def capture(trainer, train_data, *, epoch: int, finished: bool, run_key: str, digest: str, signature: str,
             recorder_json: str) -> dict:
     """The training state after ``epoch`` (see the module doc); tensors are copied to the CPU."""
@@ -181,13 +179,14 @@ def capture(trainer, train_data, *, epoch: int, finished: bool, run_key: str, di
     return checkpoint_format.payload(
         STATE_KIND, run_key=run_key, config_digest=digest, data_signature=signature, epoch=int(epoch),
         finished=bool(finished), saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        # one copy each (a GPU tensor's .cpu() already copies; .clone() after it was a second)
+        state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         model_extra=extra,
         optimizer=trainer.optimizer.state_dict(),
         lr_scheduler=scheduler.state_dict() if scheduler is not None else None,
         trainer={"cur_step": int(trainer.cur_step), "best_valid_score": float(trainer.best_valid_score),
-                 "best_valid_result": _metrics(trainer.best_valid_result),
-                 "best_test_upon_valid": _metrics(trainer.best_test_upon_valid),
+                 "best_valid_result": plain_metrics(trainer.best_valid_result),
+                 "best_test_upon_valid": plain_metrics(trainer.best_test_upon_valid),
                  "train_loss_dict": {str(k): float(v) for k, v in dict(getattr(trainer, "train_loss_dict", {})).items()}},
         rng=rng_state(),
         train_order=train_order(train_data),

@@ -13,6 +13,7 @@ Semantics, the same sequentially and in parallel:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
@@ -166,7 +167,7 @@ class _QueueState:
         self._iterator = iter(enumerate(self.queue, start=1))
 
     def say(self, message: str) -> None:
-        with self.lock if self.parallel else _NO_LOCK:
+        with self.lock if self.parallel else contextlib.nullcontext():
             self._say(message)
 
     def interrupted(self) -> Interrupted:
@@ -212,16 +213,6 @@ class _QueueState:
         self._say(f"[{item.label}] {line.strip()}" if self.parallel else line)
         return self.crashes.add(record)
 
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NO_LOCK = _NoLock()
 
 
 def _run_parallel(state: _QueueState, slots: Sequence[Slot], start: StartFunction) -> Tuple[int, int, int]:
