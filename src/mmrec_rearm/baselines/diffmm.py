@@ -199,20 +199,27 @@ class DiffMM(BaselineRecommender):
         order = torch.randperm(self.n_users).numpy()
         totals = np.zeros(len(self.denoisers))
         batches = 0
+        condition = self._diffusion_condition()  # only the denoisers step in this pass
         for start in range(0, self.n_users, self.diffusion_batch_size):
-            totals += self.diffusion_step(self._user_rows(order[start:start + self.diffusion_batch_size]))
+            rows = self._user_rows(order[start:start + self.diffusion_batch_size])
+            totals += self.diffusion_step(rows, condition)
             batches += 1
         return list(totals / max(batches, 1))
 
-    def diffusion_step(self, x0: torch.Tensor) -> np.ndarray:
+    @torch.no_grad()
+    def _diffusion_condition(self) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The detached item embeddings (n_items, d) and modal features the denoisers condition on."""
+        return self.item_embedding.detach(), [f.detach() for f in self.modal_item_features()]
+
+    def diffusion_step(self, x0: torch.Tensor,
+                       condition: Optional[Tuple[torch.Tensor, List[torch.Tensor]]] = None) -> np.ndarray:
         """One optimizer step of every denoiser on users' rows ``x0`` (b, n_items), conditioned on
-        the current (detached) item embeddings and modal features -> loss per modality."""
+        the current (detached) item embeddings and modal features (``condition``: computed here when
+        not given) -> loss per modality."""
         if self._diffusion_optimizer is None:
             self._diffusion_optimizer = torch.optim.Adam(self.denoisers.parameters(), lr=self.diffusion_lr,
                                                          weight_decay=0)
-        with torch.no_grad():
-            items = self.item_embedding.detach()
-            feats = [f.detach() for f in self.modal_item_features()]
+        items, feats = condition if condition is not None else self._diffusion_condition()
         self._diffusion_optimizer.zero_grad()
         terms = []
         for m, denoiser in enumerate(self.denoisers):
@@ -260,24 +267,29 @@ class DiffMM(BaselineRecommender):
     def _graphs(self) -> List[L.SparseGraph]:
         return self.modal_graphs if self.modal_graphs is not None else self.generate_graphs()
 
-    def forward(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 14-17: final user (n_users, d) and item (n_items, d) representations."""
+    def normalized_modal_features(self) -> List[torch.Tensor]:
+        """``normalize(transform_m(X_m))`` (n_items, d) per modality, the input of eq. 14 and 18."""
+        return [F.normalize(f) for f in self.modal_item_features()]
+
+    def forward(self, normalized: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 14-17: final user (n_users, d) and item (n_items, d) representations (``normalized``:
+        :meth:`normalized_modal_features`, computed here when not given)."""
         graphs = self._graphs()
         ids = torch.cat([self.user_embedding, self.item_embedding])
         weights = torch.softmax(self.modal_weight, dim=0)
         fused = 0
-        for m, feat in enumerate(self.modal_item_features()):
-            spread = L.propagate(self.interaction_graph, torch.cat([self.user_embedding, F.normalize(feat)]))
+        for m, feat in enumerate(normalized if normalized is not None else self.normalized_modal_features()):
+            spread = L.propagate(self.interaction_graph, torch.cat([self.user_embedding, feat]))
             second = L.propagate(self.interaction_graph, torch.cat([spread[:self.n_users], self.item_embedding]))
             fused = fused + weights[m] * (spread + second + self.ris_adj_lambda * L.propagate(graphs[m], ids))
         out = self._layers(fused) + self.ris_lambda * F.normalize(fused)
         return out[:self.n_users], out[self.n_users:]
 
-    def modal_views(self) -> List[torch.Tensor]:
+    def modal_views(self, normalized: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
         """Eq. 18: per modality ``sum_l G^l (G_m [U; normalize(f_m)])`` (n_users + n_items, d)."""
         graphs = self._graphs()
-        return [self._layers(L.propagate(g, torch.cat([self.user_embedding, F.normalize(f)])))
-                for g, f in zip(graphs, self.modal_item_features())]
+        normalized = normalized if normalized is not None else self.normalized_modal_features()
+        return [self._layers(L.propagate(g, torch.cat([self.user_embedding, f]))) for g, f in zip(graphs, normalized)]
 
     # ------------------------------------------------------------------------------------------
     # MMRec interface
@@ -300,13 +312,14 @@ class DiffMM(BaselineRecommender):
         """-> (BPR, reg, cl) for one batch (3, b) of users, positive and negative items."""
         self._eval_cache = None
         users, pos, neg = interaction[0], interaction[1], interaction[2]
-        user_rep, item_rep = self.forward()
+        normalized = self.normalized_modal_features()  # one transform per batch, shared by eq. 14 and 18
+        user_rep, item_rep = self.forward(normalized)
         u = user_rep[users]
         bpr = -F.logsigmoid((u * item_rep[pos]).sum(-1) - (u * item_rep[neg]).sum(-1)).sum() / self.batch_size
         reg = self.reg_weight * (self.user_embedding.pow(2).sum() + self.item_embedding.pow(2).sum())
         cl = bpr.new_zeros(())
         if self.cl_weight > 0:
-            views = [(v[:self.n_users], v[self.n_users:]) for v in self.modal_views()]
+            views = [(v[:self.n_users], v[self.n_users:]) for v in self.modal_views(normalized)]
             if self.cl_mode == "modal":
                 pairs = list(itertools.combinations(views, 2))
             else:
