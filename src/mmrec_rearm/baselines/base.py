@@ -60,7 +60,9 @@ class EdgeDropout:
         forward = self.graph.forward_matrix
         values = forward.values()
         kept = values * (torch.rand(values.shape, device=values.device) >= p).to(values.dtype) / (1.0 - p)
-        t_crow, t_cols, order = (t.to(values.device) for t in self._transpose)
+        if self._transpose[0].device != values.device:  # moved once (the graph follows model.to), not per draw
+            self._transpose = tuple(t.to(values.device) for t in self._transpose)
+        t_crow, t_cols, order = self._transpose
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
             dropped = torch.sparse_csr_tensor(forward.crow_indices(), forward.col_indices(), kept,
