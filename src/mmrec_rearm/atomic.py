@@ -50,6 +50,17 @@ def _explain(path: str, exc: OSError, what: str) -> OutputError:
                        exc.errno)
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# Read once, when the module loads: reading it means setting it, and a write in one thread must not
+# leave another thread's files (a parallel compare or tune writes from several) created with umask 0.
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb", *, what: str = "the file",
                 encoding: str = "utf-8") -> Iterator[IO]:
@@ -74,9 +85,7 @@ def atomic_open(path: PathLike, mode: str = "wb", *, what: str = "the file",
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp creates 0600; a file we publish gets the usual permissions (umask applies)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     except OSError as exc:
         _remove_quietly(temporary)
